@@ -1,0 +1,1 @@
+//! Consul Connect agent simulator.
