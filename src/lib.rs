@@ -8,3 +8,5 @@
 
 pub mod api;
 pub mod spiffe;
+pub mod intentions;
+pub mod tls;

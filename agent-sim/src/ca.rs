@@ -1,0 +1,1 @@
+//! Built-in CA (being written).

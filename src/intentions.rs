@@ -1,0 +1,1 @@
+//! Intentions (being written).
