@@ -159,8 +159,9 @@ impl fmt::Debug for CaConfiguration {
     }
 }
 
-/// `POST /v1/agent/connect/authorize` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/agent/connect/authorize` body. Missing fields decode as empty, as in Go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AuthorizeRequest {
     /// The destination service name (the server's own name).
     #[serde(rename = "Target")]
@@ -360,7 +361,11 @@ pub struct ProxyConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub destination_service_name: String,
     /// The instance this proxy fronts.
-    #[serde(rename = "DestinationServiceID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "DestinationServiceID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub destination_service_id: String,
     /// Address of the local instance.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -693,6 +698,9 @@ pub fn colon_hex(bytes: &[u8]) -> String {
 /// assert_eq!(consul_connect::api::serial_hex(&[0x00, 0x80]), "80");
 /// ```
 pub fn serial_hex(serial: &[u8]) -> String {
-    let first = serial.iter().position(|b| *b != 0).unwrap_or(serial.len().saturating_sub(1));
+    let first = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
     colon_hex(&serial[first..])
 }

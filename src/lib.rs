@@ -3,10 +3,38 @@
 //! A service gets its identity (a SPIFFE X.509 leaf signed by the Consul CA) from the local
 //! agent, accepts mutual-TLS connections authorized by intentions, and dials other services by
 //! name, verifying that the server is the service it asked for.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use consul_connect::{ConnectListener, ConnectService};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! // The agent comes from CONSUL_HTTP_ADDR, as for every Consul client.
+//! let db = ConnectService::builder("db").build().await?;
+//! db.ready().await?;
+//! let mut listener = ConnectListener::bind(&db, "127.0.0.1:9191").await?;
+//! let (mut stream, peer) = listener.accept().await?; // verified and authorized
+//! stream.write_all(format!("hello {}\n", peer.service()).as_bytes()).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
-pub mod spiffe;
+pub mod authz;
+pub mod dialer;
 pub mod intentions;
+pub mod listener;
+pub mod resolve;
+pub mod service;
+pub mod spiffe;
 pub mod tls;
+
+pub use agent::AgentClient;
+pub use authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
+pub use dialer::ConnectDialer;
+pub use listener::ConnectListener;
+pub use resolve::{CatalogResolver, Resolver, StaticResolver};
+pub use service::ConnectService;
+pub use spiffe::{ServiceId, SpiffeId};

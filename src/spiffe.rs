@@ -174,7 +174,8 @@ impl ServiceId {
         datacenter: &str,
         service: &str,
     ) -> Result<Self, SpiffeIdError> {
-        let uri = || format!("spiffe://{trust_domain}/ns/{namespace}/dc/{datacenter}/svc/{service}");
+        let uri =
+            || format!("spiffe://{trust_domain}/ns/{namespace}/dc/{datacenter}/svc/{service}");
         check_segment("namespace", namespace, uri)?;
         check_segment("datacenter", datacenter, uri)?;
         check_segment("service", service, uri)?;
@@ -368,9 +369,7 @@ impl<'de> serde::Deserialize<'de> for ServiceId {
 /// The scheme is case-insensitive (RFC 3986), the rest is not.
 fn strip_scheme(uri: &str) -> Option<&str> {
     let scheme = uri.get(..9)?;
-    scheme
-        .eq_ignore_ascii_case("spiffe://")
-        .then(|| &uri[9..])
+    scheme.eq_ignore_ascii_case("spiffe://").then(|| &uri[9..])
 }
 
 fn is_trust_domain_char(c: char) -> bool {
@@ -383,7 +382,10 @@ fn check_segment(
     uri: impl Fn() -> String,
 ) -> Result<(), SpiffeIdError> {
     if value.is_empty() {
-        return Err(SpiffeIdError::EmptySegment { segment, uri: uri() });
+        return Err(SpiffeIdError::EmptySegment {
+            segment,
+            uri: uri(),
+        });
     }
     let valid_chars = value
         .chars()
@@ -423,30 +425,43 @@ mod tests {
         let id: SpiffeId = format!("SPIFFE://{TD}/ns/default/dc/dc1/svc/web")
             .parse()
             .unwrap();
-        assert_eq!(id.to_string(), format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"));
+        assert_eq!(
+            id.to_string(),
+            format!("spiffe://{TD}/ns/default/dc/dc1/svc/web")
+        );
     }
 
     #[test]
     fn parts_are_exposed() {
-        let id: ServiceId = format!("spiffe://{TD}/ns/default/dc/dc2/svc/db").parse().unwrap();
+        let id: ServiceId = format!("spiffe://{TD}/ns/default/dc/dc2/svc/db")
+            .parse()
+            .unwrap();
         assert_eq!(id.trust_domain().as_str(), TD);
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.datacenter(), "dc2");
         assert_eq!(id.service(), "db");
         let signing: SpiffeId = format!("spiffe://{TD}").parse().unwrap();
         match signing {
-            SpiffeId::Signing(s) => assert_eq!(s.cluster_id(), "11111111-2222-3333-4444-555555555555"),
+            SpiffeId::Signing(s) => {
+                assert_eq!(s.cluster_id(), "11111111-2222-3333-4444-555555555555")
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn trust_domain_compares_case_insensitively() {
-        let a: ServiceId = "spiffe://ABC.consul/ns/default/dc/dc1/svc/web".parse().unwrap();
-        let b: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/web".parse().unwrap();
+        let a: ServiceId = "spiffe://ABC.consul/ns/default/dc/dc1/svc/web"
+            .parse()
+            .unwrap();
+        let b: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/web"
+            .parse()
+            .unwrap();
         assert_eq!(a.trust_domain(), b.trust_domain());
         assert_eq!(a, b);
-        let c: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/WEB".parse().unwrap();
+        let c: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/WEB"
+            .parse()
+            .unwrap();
         assert_ne!(a, c, "service names are case-sensitive");
     }
 
@@ -456,47 +471,113 @@ mod tests {
         let svc = "/ns/default/dc/dc1/svc/web";
         let cases: Vec<(String, fn(&SpiffeIdError) -> bool)> = vec![
             ("".into(), |e| matches!(e, E::Scheme { .. })),
-            (format!("https://{TD}{svc}"), |e| matches!(e, E::Scheme { .. })),
-            (format!("spiffe:/{TD}{svc}"), |e| matches!(e, E::Scheme { .. })),
+            (format!("https://{TD}{svc}"), |e| {
+                matches!(e, E::Scheme { .. })
+            }),
+            (format!("spiffe:/{TD}{svc}"), |e| {
+                matches!(e, E::Scheme { .. })
+            }),
             (format!("spiffe{TD}"), |e| matches!(e, E::Scheme { .. })),
             (format!("spiffe:///ns/default/dc/dc1/svc/web"), |e| {
                 matches!(e, E::EmptyTrustDomain { .. })
             }),
-            ("spiffe://".into(), |e| matches!(e, E::EmptyTrustDomain { .. })),
-            (format!("spiffe://{TD}:8080{svc}"), |e| matches!(e, E::TrustDomainChar { ch: ':', .. })),
-            (format!("spiffe://user@{TD}{svc}"), |e| matches!(e, E::TrustDomainChar { ch: '@', .. })),
-            (format!("spiffe://{TD}{svc}?x=1"), |e| matches!(e, E::QueryOrFragment { .. })),
-            (format!("spiffe://{TD}{svc}#frag"), |e| matches!(e, E::QueryOrFragment { .. })),
+            ("spiffe://".into(), |e| {
+                matches!(e, E::EmptyTrustDomain { .. })
+            }),
+            (format!("spiffe://{TD}:8080{svc}"), |e| {
+                matches!(e, E::TrustDomainChar { ch: ':', .. })
+            }),
+            (format!("spiffe://user@{TD}{svc}"), |e| {
+                matches!(e, E::TrustDomainChar { ch: '@', .. })
+            }),
+            (format!("spiffe://{TD}{svc}?x=1"), |e| {
+                matches!(e, E::QueryOrFragment { .. })
+            }),
+            (format!("spiffe://{TD}{svc}#frag"), |e| {
+                matches!(e, E::QueryOrFragment { .. })
+            }),
             (format!("spiffe://{TD}/ns/default/dc/dc1/svc/w%65b"), |e| {
                 matches!(e, E::PercentEncoded { .. })
             }),
-            (format!("spiffe://{TD}{svc}/"), |e| matches!(e, E::Format { .. })),
+            (format!("spiffe://{TD}{svc}/"), |e| {
+                matches!(e, E::Format { .. })
+            }),
             (format!("spiffe://{TD}/"), |e| matches!(e, E::Format { .. })),
-            (format!("spiffe://{TD}/ns/default/dc/dc1/svc"), |e| matches!(e, E::Format { .. })),
-            (format!("spiffe://{TD}/ns/default/dc/dc1"), |e| matches!(e, E::Format { .. })),
-            (format!("spiffe://{TD}/ns/default/svc/web"), |e| matches!(e, E::Format { .. })),
-            (format!("spiffe://{TD}/dc/dc1/ns/default/svc/web"), |e| matches!(e, E::Format { .. })),
-            (format!("spiffe://{TD}/agent/client/dc/dc1/id/abc"), |e| matches!(e, E::Format { .. })),
+            (format!("spiffe://{TD}/ns/default/dc/dc1/svc"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/ns/default/dc/dc1"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/ns/default/svc/web"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/dc/dc1/ns/default/svc/web"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/agent/client/dc/dc1/id/abc"), |e| {
+                matches!(e, E::Format { .. })
+            }),
             (format!("spiffe://{TD}/ns/default/dc/dc1/svc/"), |e| {
-                matches!(e, E::EmptySegment { segment: "service", .. })
+                matches!(
+                    e,
+                    E::EmptySegment {
+                        segment: "service",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns//dc/dc1/svc/web"), |e| {
-                matches!(e, E::EmptySegment { segment: "namespace", .. })
+                matches!(
+                    e,
+                    E::EmptySegment {
+                        segment: "namespace",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns/default/dc//svc/web"), |e| {
-                matches!(e, E::EmptySegment { segment: "datacenter", .. })
+                matches!(
+                    e,
+                    E::EmptySegment {
+                        segment: "datacenter",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns/default/dc/dc1/svc/.."), |e| {
-                matches!(e, E::SegmentChar { segment: "service", .. })
+                matches!(
+                    e,
+                    E::SegmentChar {
+                        segment: "service",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns/default/dc/dc1/svc/we b"), |e| {
-                matches!(e, E::SegmentChar { segment: "service", .. })
+                matches!(
+                    e,
+                    E::SegmentChar {
+                        segment: "service",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns/default/dc/d*c/svc/web"), |e| {
-                matches!(e, E::SegmentChar { segment: "datacenter", .. })
+                matches!(
+                    e,
+                    E::SegmentChar {
+                        segment: "datacenter",
+                        ..
+                    }
+                )
             }),
-            ("spiffe://nodot".into(), |e| matches!(e, E::SigningTrustDomain { .. })),
-            ("spiffe://.consul".into(), |e| matches!(e, E::SigningTrustDomain { .. })),
+            ("spiffe://nodot".into(), |e| {
+                matches!(e, E::SigningTrustDomain { .. })
+            }),
+            ("spiffe://.consul".into(), |e| {
+                matches!(e, E::SigningTrustDomain { .. })
+            }),
         ];
         for (input, expected) in cases {
             match input.parse::<SpiffeId>() {

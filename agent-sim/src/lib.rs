@@ -2,7 +2,15 @@
 //!
 //! A built-in CA with root rotation and cross-signing, intentions, catalog and health for
 //! discovery, and blocking queries, answering over HTTP exactly as a Consul 1.4.5 agent does.
+//! Embed it in tests with [`Agent::builder`], or run the `agent-sim` binary.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod ca;
+pub mod clock;
+pub mod duration;
+pub mod http;
+pub mod state;
+
+pub use agent::Agent;

@@ -1,0 +1,189 @@
+//! Running agent-sim: embedded in a test or example, or as the `agent-sim` binary.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::http::{router, AppState};
+use crate::state::{CaSettings, Store, StoreSettings};
+
+/// Why agent-sim could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA could not be set up.
+    #[error("cannot bootstrap the CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+}
+
+/// Configures and starts an agent.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), agent_sim::agent::StartError> {
+/// let agent = agent_sim::Agent::builder().datacenter("dc1").start().await?;
+/// println!("CONSUL_HTTP_ADDR={}", agent.addr());
+/// agent.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AgentBuilder {
+    http_addr: SocketAddr,
+    datacenter: String,
+    node_name: String,
+    ca: CaSettings,
+    clock: Arc<dyn Clock>,
+}
+
+impl AgentBuilder {
+    /// Listen on this address (default `127.0.0.1:0`, an ephemeral port).
+    pub fn http_addr(mut self, addr: SocketAddr) -> Self {
+        self.http_addr = addr;
+        self
+    }
+
+    /// The datacenter (default `dc1`).
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = dc.into();
+        self
+    }
+
+    /// The node name (default `agent-sim`).
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = name.into();
+        self
+    }
+
+    /// A fixed cluster ID (a UUID), making the trust domain `<id>.consul`.
+    pub fn cluster_id(mut self, id: impl Into<String>) -> Self {
+        self.ca.cluster_id = Some(id.into());
+        self
+    }
+
+    /// The leaf certificate lifetime (default 72h).
+    pub fn leaf_cert_ttl(mut self, ttl: Duration) -> Self {
+        self.ca.leaf_cert_ttl = Some(ttl);
+        self
+    }
+
+    /// The clock for certificates and renewal (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Binds the address and starts serving on the current tokio runtime.
+    pub async fn start(self) -> Result<Agent, StartError> {
+        let listener =
+            TcpListener::bind(self.http_addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: self.http_addr,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.http_addr,
+            source,
+        })?;
+        let settings = StoreSettings {
+            datacenter: self.datacenter,
+            node_name: self.node_name,
+            node_id: uuid::Uuid::new_v4().to_string(),
+            node_address: addr.ip().to_string(),
+            ca: self.ca,
+        };
+        let store = Arc::new(Store::new(settings, self.clock)?);
+        let app = router(AppState {
+            store: store.clone(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "agent-sim HTTP server stopped");
+            }
+        });
+        tracing::info!(%addr, "agent-sim HTTP API listening");
+        Ok(Agent {
+            addr,
+            store,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+/// A running agent-sim. Dropping it stops the server.
+pub struct Agent {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    /// A builder with the defaults.
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            datacenter: "dc1".into(),
+            node_name: "agent-sim".into(),
+            ca: CaSettings::default(),
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+
+    /// The bound HTTP address (what `CONSUL_HTTP_ADDR` should be).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state store, for tests that inspect or drive state directly.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops serving: open blocking queries end and the listener closes.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for open connections; blocking queries may hold them for
+        // minutes, so give them a moment and then stop the server task outright.
+        if tokio::time::timeout(Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}

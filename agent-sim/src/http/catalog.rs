@@ -1,0 +1,286 @@
+//! Registration and discovery: agent services, catalog, health, agent self.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use consul_connect::api::ServiceRegistration;
+use serde_json::json;
+
+use super::{allow, decode_body, ApiError, AppState, Json, Query};
+use crate::state::catalog::{CatalogError, ServiceFilter};
+use crate::state::Table;
+
+/// Field names of a registration and its nested objects, for Go-style case-insensitive
+/// decoding (clients such as py-consul send `name`, `port`, `check`...).
+const REGISTER_FIELDS: &[&str] = &[
+    "Kind",
+    "ID",
+    "Name",
+    "Tags",
+    "Port",
+    "Address",
+    "Meta",
+    "Weights",
+    "EnableTagOverride",
+    "Proxy",
+    "Connect",
+    "Check",
+    "Checks",
+    "Native",
+    "SidecarService",
+    "Passing",
+    "Warning",
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "Upstreams",
+    "DestinationType",
+    "DestinationNamespace",
+    "DestinationName",
+    "Datacenter",
+    "LocalBindAddress",
+    "LocalBindPort",
+    "Config",
+    "CheckID",
+    "TTL",
+    "HTTP",
+    "TCP",
+    "Interval",
+    "Status",
+    "Notes",
+    "DeregisterCriticalServiceAfter",
+];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agent/service/register", allow(put(register), "PUT"))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            allow(put(deregister), "PUT"),
+        )
+        .route("/v1/agent/services", allow(get(agent_services), "GET"))
+        .route("/v1/agent/self", allow(get(agent_self), "GET"))
+        .route("/v1/agent/check/pass/{id}", allow(put(check_pass), "PUT"))
+        .route("/v1/agent/check/warn/{id}", allow(put(check_warn), "PUT"))
+        .route("/v1/agent/check/fail/{id}", allow(put(check_fail), "PUT"))
+        .route(
+            "/v1/catalog/service/{name}",
+            allow(get(catalog_service), "GET"),
+        )
+        .route(
+            "/v1/catalog/connect/{name}",
+            allow(get(catalog_connect), "GET"),
+        )
+        .route(
+            "/v1/health/service/{name}",
+            allow(get(health_service), "GET"),
+        )
+        .route(
+            "/v1/health/connect/{name}",
+            allow(get(health_connect), "GET"),
+        )
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::BadRequest(m) => ApiError::BadRequest(m),
+            CatalogError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+async fn register(State(app): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let reg: ServiceRegistration = decode_body(&body, REGISTER_FIELDS)
+        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let now = app.store.clock().now();
+    app.store.write(|inner, index, changes| {
+        inner.catalog.register(reg, index, now)?;
+        changes.touch(Table::Services);
+        Ok::<_, ApiError>(())
+    })?;
+    Ok(StatusCode::OK)
+}
+
+async fn deregister(State(app): State<AppState>, Path(id): Path<String>) -> StatusCode {
+    app.store
+        .write(|inner, _, changes| {
+            if inner.catalog.deregister(&id) {
+                changes.touch(Table::Services);
+            }
+            // With ACLs disabled Consul answers 200 for an unknown ID too.
+            Ok::<_, ApiError>(())
+        })
+        .map_or(StatusCode::INTERNAL_SERVER_ERROR, |_| StatusCode::OK)
+}
+
+async fn agent_services(State(app): State<AppState>, query: Query) -> Response {
+    let services = app.store.read(|inner| inner.catalog.agent_services());
+    Json::new(&services, &query).into_response()
+}
+
+async fn agent_self(State(app): State<AppState>, query: Query) -> Response {
+    let s = app.store.settings();
+    let body = json!({
+        "Config": {
+            "Datacenter": s.datacenter,
+            "NodeName": s.node_name,
+            "NodeID": s.node_id,
+            "Revision": "agent-sim",
+            "Server": true,
+            "Version": "1.4.5",
+        },
+        "DebugConfig": {
+            "ACLsEnabled": false,
+            "ConnectEnabled": true,
+            "Datacenter": s.datacenter,
+            "NodeName": s.node_name,
+        },
+        "Coord": null,
+        "Member": {
+            "Name": s.node_name,
+            "Addr": s.node_address,
+            "Port": 8301,
+            "Tags": {"dc": s.datacenter, "role": "consul", "build": "1.4.5:agent-sim"},
+            "Status": 1,
+        },
+        "Stats": {},
+        "Meta": {"consul-network-segment": ""},
+    });
+    Json::new(&body, &query).into_response()
+}
+
+async fn check_pass(
+    app: State<AppState>,
+    id: Path<String>,
+    query: Query,
+) -> Result<StatusCode, ApiError> {
+    update_check(app, id, query, "passing").await
+}
+
+async fn check_warn(
+    app: State<AppState>,
+    id: Path<String>,
+    query: Query,
+) -> Result<StatusCode, ApiError> {
+    update_check(app, id, query, "warning").await
+}
+
+async fn check_fail(
+    app: State<AppState>,
+    id: Path<String>,
+    query: Query,
+) -> Result<StatusCode, ApiError> {
+    update_check(app, id, query, "critical").await
+}
+
+async fn update_check(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Query,
+    status: &str,
+) -> Result<StatusCode, ApiError> {
+    let note = query.get("note").unwrap_or("");
+    let now = app.store.clock().now();
+    app.store.write(|inner, index, changes| {
+        inner.catalog.update_check(&id, status, note, index, now)?;
+        changes.touch(Table::Services);
+        Ok::<_, ApiError>(())
+    })?;
+    Ok(StatusCode::OK)
+}
+
+/// Which listing a discovery request asks for.
+#[derive(Clone, Copy)]
+enum Listing {
+    Catalog,
+    Health,
+}
+
+async fn catalog_service(
+    app: State<AppState>,
+    name: Path<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    discovery(app, name, query, Listing::Catalog, false).await
+}
+
+async fn catalog_connect(
+    app: State<AppState>,
+    name: Path<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    discovery(app, name, query, Listing::Catalog, true).await
+}
+
+async fn health_service(
+    app: State<AppState>,
+    name: Path<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    discovery(app, name, query, Listing::Health, false).await
+}
+
+async fn health_connect(
+    app: State<AppState>,
+    name: Path<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    discovery(app, name, query, Listing::Health, true).await
+}
+
+async fn discovery(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    query: Query,
+    listing: Listing,
+    connect: bool,
+) -> Result<Response, ApiError> {
+    let blocking = query.blocking()?;
+    query.datacenter(&app.store)?;
+    let filter = ServiceFilter {
+        tag: query.get("tag").map(str::to_owned),
+        passing: matches!(listing, Listing::Health) && query.flag("passing"),
+        connect,
+        node_meta: query
+            .all("node-meta")
+            .filter_map(|m| m.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let now = app.store.clock().now();
+    let consistency = if query.has("stale") {
+        "stale"
+    } else {
+        "leader"
+    };
+    let resp = match listing {
+        Listing::Catalog => {
+            let (index, items) = app
+                .store
+                .block(Table::Services, blocking, |inner| {
+                    let items = inner.catalog.catalog_services(&name, &filter, now);
+                    (inner.table_index(Table::Services), items)
+                })
+                .await;
+            Json::new(&items, &query).meta(index)
+        }
+        Listing::Health => {
+            let (index, items) = app
+                .store
+                .block(Table::Services, blocking, |inner| {
+                    let items = inner.catalog.health_services(&name, &filter, now);
+                    (inner.table_index(Table::Services), items)
+                })
+                .await;
+            Json::new(&items, &query).meta(index)
+        }
+    };
+    Ok(resp
+        .header("X-Consul-Effective-Consistency", consistency)
+        .into_response())
+}

@@ -1,0 +1,316 @@
+//! CA roots and configuration: bootstrap, `PUT /v1/connect/ca/configuration`, rotation with
+//! cross-signing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use consul_connect::api::{CaConfiguration, CaRoot, CaRootList};
+use consul_connect::spiffe::TrustDomain;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::ca::{BuiltinCa, CaError, CaProvider, EcKey, RootCert};
+
+/// Default leaf lifetime (Consul's `LeafCertTTL`).
+pub const DEFAULT_LEAF_CERT_TTL: Duration = Duration::from_secs(72 * 3600);
+const ROOT_NAME: &str = "Consul CA Root Cert";
+const PROVIDER: &str = "consul";
+/// agent-sim extension: a `Config` key that asks for a new generated root (Consul has no
+/// force-rotate API, hashicorp/consul#9654). It is acted on, never stored.
+pub const FORCE_ROTATE_KEY: &str = "ForceRotate";
+
+/// CA settings given at start.
+#[derive(Clone, Default)]
+pub struct CaSettings {
+    /// Cluster ID (a UUID); random when unset.
+    pub cluster_id: Option<String>,
+    /// Leaf lifetime; 72h when unset.
+    pub leaf_cert_ttl: Option<Duration>,
+    /// A CA key to use instead of a generated one (PEM).
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for CaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSettings")
+            .field("cluster_id", &self.cluster_id)
+            .field("leaf_cert_ttl", &self.leaf_cert_ttl)
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Why a CA configuration was refused: Consul answers these with 500 and this text.
+#[derive(Debug, thiserror::Error)]
+pub enum CaConfigError {
+    /// Provider other than `consul`.
+    #[error("could not initialize provider: unknown CA provider {0:?}")]
+    UnknownProvider(String),
+    /// Bad settings.
+    #[error("error configuring provider: {0}")]
+    Configure(String),
+    /// Key or certificate problems.
+    #[error("error generating CA root certificate: {0}")]
+    Generate(CaError),
+}
+
+/// Roots, configuration and the active provider.
+#[derive(Debug)]
+pub struct CaState {
+    trust_domain: TrustDomain,
+    cluster_id: String,
+    provider: Box<dyn CaProvider>,
+    roots: Vec<CaRoot>,
+    config: CaConfiguration,
+}
+
+impl CaState {
+    pub(super) fn bootstrap(
+        settings: &CaSettings,
+        now: OffsetDateTime,
+        next_index: &mut dyn FnMut() -> u64,
+    ) -> Result<Self, CaError> {
+        let cluster_id = settings
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+            .to_ascii_lowercase();
+        let trust_domain = TrustDomain::new(&format!("{cluster_id}.consul"))
+            .map_err(|e| CaError::Config(format!("invalid cluster ID {cluster_id:?}: {e}")))?;
+        let key = match &settings.private_key {
+            Some(pem) => EcKey::from_pem(pem)?,
+            None => EcKey::generate()?,
+        };
+        let config_index = next_index();
+        let mut config = BTreeMap::from([
+            ("LeafCertTTL".to_owned(), Value::from("72h")),
+            ("RotationPeriod".to_owned(), Value::from("2160h")),
+        ]);
+        if let Some(ttl) = settings.leaf_cert_ttl {
+            config.insert("LeafCertTTL".into(), Value::from(format_duration(ttl)));
+        }
+        if let Some(pem) = &settings.private_key {
+            config.insert("PrivateKey".into(), Value::from(pem.clone()));
+        }
+        let root_index = next_index();
+        let provider = BuiltinCa::new(trust_domain.clone(), key, root_index, now)?;
+        let root = ca_root(provider.root(), &cluster_id, None, root_index);
+        Ok(Self {
+            trust_domain,
+            cluster_id,
+            provider: Box::new(provider),
+            roots: vec![root],
+            config: CaConfiguration {
+                provider: PROVIDER.into(),
+                config,
+                create_index: config_index,
+                modify_index: config_index,
+            },
+        })
+    }
+
+    /// The trust domain, `<cluster-id>.consul`.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The provider signing new leaves.
+    pub fn provider(&self) -> &dyn CaProvider {
+        self.provider.as_ref()
+    }
+
+    /// The active root.
+    pub fn active_root(&self) -> &CaRoot {
+        // Invariant: bootstrap and rotation always leave exactly one active root.
+        self.roots
+            .iter()
+            .find(|r| r.active)
+            .unwrap_or(&self.roots[0])
+    }
+
+    /// The roots list as the roots endpoints answer it (sorted by ID).
+    pub fn root_list(&self) -> CaRootList {
+        let mut roots = self.roots.clone();
+        roots.sort_by(|a, b| a.id.cmp(&b.id));
+        CaRootList {
+            active_root_id: self.active_root().id.clone(),
+            trust_domain: self.trust_domain.to_string(),
+            roots,
+        }
+    }
+
+    /// The configuration as `GET /v1/connect/ca/configuration` shows it (key hidden).
+    pub fn config_view(&self) -> CaConfiguration {
+        let mut view = self.config.clone();
+        if let Some(key) = view.config.get_mut("PrivateKey") {
+            *key = Value::from("hidden");
+        }
+        view
+    }
+
+    /// The leaf lifetime in force.
+    pub fn leaf_cert_ttl(&self) -> Duration {
+        self.config
+            .config
+            .get("LeafCertTTL")
+            .and_then(Value::as_str)
+            .and_then(|s| crate::duration::parse(s).ok())
+            .unwrap_or(DEFAULT_LEAF_CERT_TTL)
+    }
+
+    /// Applies a new configuration; returns whether the root rotated.
+    pub fn set_config(
+        &mut self,
+        mut new: CaConfiguration,
+        now: OffsetDateTime,
+        next_index: &mut dyn FnMut() -> u64,
+    ) -> Result<bool, CaConfigError> {
+        if new.provider != PROVIDER {
+            return Err(CaConfigError::UnknownProvider(new.provider));
+        }
+        let force = matches!(new.config.remove(FORCE_ROTATE_KEY), Some(Value::Bool(true)));
+        validate_config(&new.config)?;
+        if !force && new.config == self.config.config {
+            return Ok(false);
+        }
+        let key_pem = new
+            .config
+            .get("PrivateKey")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let root_pem = new
+            .config
+            .get("RootCert")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !root_pem.is_empty() && key_pem.is_empty() {
+            return Err(CaConfigError::Configure(
+                "must provide a private key when providing a root cert".into(),
+            ));
+        }
+        let new_key = match key_pem {
+            "" if force => Some(EcKey::generate().map_err(CaConfigError::Generate)?),
+            "" => None,
+            pem => {
+                let key = EcKey::from_pem(pem).map_err(CaConfigError::Generate)?;
+                let same = key.key_id() == current_key_id(self.provider.as_ref());
+                (!same || !root_pem.is_empty()).then_some(key)
+            }
+        };
+        let rotated = match new_key {
+            Some(key) => {
+                self.rotate(key, root_pem, now, next_index)?;
+                true
+            }
+            None => false,
+        };
+        let index = next_index();
+        self.config.provider = new.provider;
+        self.config.config = new.config;
+        self.config.modify_index = index;
+        Ok(rotated)
+    }
+
+    fn rotate(
+        &mut self,
+        key: EcKey,
+        root_pem: &str,
+        now: OffsetDateTime,
+        next_index: &mut dyn FnMut() -> u64,
+    ) -> Result<(), CaConfigError> {
+        let serial = next_index();
+        let new_provider = if root_pem.is_empty() {
+            BuiltinCa::new(self.trust_domain.clone(), key, serial, now)
+        } else {
+            BuiltinCa::from_parts(self.trust_domain.clone(), root_pem, key)
+        }
+        .map_err(CaConfigError::Generate)?;
+        if new_provider.root().id == self.active_root().id {
+            return Ok(());
+        }
+        let cross = self
+            .provider
+            .cross_sign(new_provider.root(), next_index(), now)
+            .map_err(CaConfigError::Generate)?;
+        let index = next_index();
+        for root in &mut self.roots {
+            if root.active {
+                root.active = false;
+                root.modify_index = index;
+            }
+        }
+        let root = ca_root(
+            new_provider.root(),
+            &self.cluster_id,
+            Some(vec![cross]),
+            index,
+        );
+        self.roots.push(root);
+        self.provider = Box::new(new_provider);
+        Ok(())
+    }
+}
+
+fn current_key_id(provider: &dyn CaProvider) -> Vec<u8> {
+    EcKey::from_pem(&provider.private_key_pem())
+        .map(|k| k.key_id())
+        .unwrap_or_default()
+}
+
+fn validate_config(config: &BTreeMap<String, Value>) -> Result<(), CaConfigError> {
+    if let Some(ttl) = config.get("LeafCertTTL") {
+        let text = ttl.as_str().ok_or_else(|| {
+            CaConfigError::Configure(format!(
+                "error decoding config: LeafCertTTL: {ttl} is not a duration"
+            ))
+        })?;
+        let ttl = crate::duration::parse(text)
+            .map_err(|e| CaConfigError::Configure(format!("error decoding config: {e}")))?;
+        if ttl < Duration::from_secs(3600) {
+            return Err(CaConfigError::Configure(
+                "leaf cert TTL must be greater than 1h".into(),
+            ));
+        }
+        if ttl > Duration::from_secs(8760 * 3600) {
+            return Err(CaConfigError::Configure(
+                "leaf cert TTL must be less than 1 year".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn ca_root(
+    root: &RootCert,
+    cluster_id: &str,
+    intermediates: Option<Vec<String>>,
+    index: u64,
+) -> CaRoot {
+    CaRoot {
+        id: root.id.clone(),
+        name: ROOT_NAME.into(),
+        serial_number: root.serial,
+        signing_key_id: root.signing_key_id.clone(),
+        external_trust_domain: cluster_id.to_owned(),
+        not_before: root.not_before,
+        not_after: root.not_after,
+        root_cert: root.pem.clone(),
+        intermediate_certs: intermediates,
+        active: true,
+        create_index: index,
+        modify_index: index,
+    }
+}
+
+/// Formats a duration the short way Consul's config shows it (`72h`, `90m`, `45s`).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

@@ -1,0 +1,109 @@
+//! The intentions table: Consul's server-side rules for creating, updating and deleting.
+
+use std::collections::HashSet;
+
+use consul_connect::api::{Intention, Meta};
+use consul_connect::intentions::{fill_defaults, precedence, validate, IntentionSet};
+use time::OffsetDateTime;
+
+/// Why an intention write was refused; Consul answers all of these with 500 and this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentionWriteError {
+    /// Create with an ID.
+    #[error("ID must be empty when creating a new intention")]
+    IdOnCreate,
+    /// Update or delete of an unknown ID.
+    #[error("Cannot modify non-existent intention: '{0}'")]
+    NotFound(String),
+    /// Validation failed (Consul's multierror text).
+    #[error("{0}")]
+    Invalid(String),
+    /// Another intention has the same source and destination.
+    #[error("{0}")]
+    Duplicate(String),
+}
+
+/// A pending intention write.
+#[derive(Debug, Clone)]
+pub enum IntentionWrite {
+    /// `POST /v1/connect/intentions`.
+    Create(Intention),
+    /// `PUT /v1/connect/intentions/:id`.
+    Update(String, Intention),
+    /// `DELETE /v1/connect/intentions/:id`.
+    Delete(String),
+}
+
+/// Intentions held by the store, and the authorize targets the agent cache has seen.
+#[derive(Debug, Default)]
+pub struct Intentions {
+    set: IntentionSet,
+    /// Lowercased targets with an authorize cache entry (for `X-Cache`).
+    cached_targets: HashSet<String>,
+}
+
+impl Intentions {
+    /// The indexed set.
+    pub fn set(&self) -> &IntentionSet {
+        &self.set
+    }
+
+    /// Records an authorize for `target`; true when the agent cache already had its entry.
+    pub fn cache_hit(&mut self, target: &str) -> bool {
+        !self.cached_targets.insert(target.to_ascii_lowercase())
+    }
+
+    /// Applies a write at `index`; returns the intention's ID.
+    pub fn apply(
+        &mut self,
+        write: IntentionWrite,
+        index: u64,
+        now: OffsetDateTime,
+    ) -> Result<String, IntentionWriteError> {
+        match write {
+            IntentionWrite::Create(mut ixn) => {
+                if !ixn.id.is_empty() {
+                    return Err(IntentionWriteError::IdOnCreate);
+                }
+                ixn.id = uuid::Uuid::new_v4().to_string();
+                ixn.created_at = now;
+                ixn.create_index = index;
+                self.store(ixn, index, now)
+            }
+            IntentionWrite::Update(id, mut ixn) => {
+                let existing = self
+                    .set
+                    .get(&id)
+                    .ok_or_else(|| IntentionWriteError::NotFound(id.clone()))?;
+                ixn.id = id;
+                ixn.created_at = existing.created_at;
+                ixn.create_index = existing.create_index;
+                self.store(ixn, index, now)
+            }
+            IntentionWrite::Delete(id) => self
+                .set
+                .remove(&id)
+                .map(|_| id.clone())
+                .ok_or(IntentionWriteError::NotFound(id)),
+        }
+    }
+
+    fn store(
+        &mut self,
+        mut ixn: Intention,
+        index: u64,
+        now: OffsetDateTime,
+    ) -> Result<String, IntentionWriteError> {
+        fill_defaults(&mut ixn);
+        validate(&ixn).map_err(|e| IntentionWriteError::Invalid(e.to_string()))?;
+        ixn.precedence = precedence(&ixn);
+        ixn.updated_at = now;
+        ixn.modify_index = index;
+        ixn.meta.get_or_insert_with(Meta::new);
+        let id = ixn.id.clone();
+        self.set
+            .insert(ixn)
+            .map_err(|e| IntentionWriteError::Duplicate(e.to_string()))?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,703 @@
+//! The local Consul agent's HTTP API: a pooled hyper client, Consul's token and address
+//! conventions, typed errors, and the blocking-query loop every watch uses.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), consul_connect::agent::AgentError> {
+//! use consul_connect::agent::{AgentClient, QueryOptions};
+//!
+//! // CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN, as every Consul client reads them.
+//! let agent = AgentClient::from_env()?;
+//! let roots = agent.roots(&QueryOptions::default()).await?;
+//! println!("trust domain {} at index {}", roots.value.trust_domain, roots.index);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::api::{
+    AuthorizeRequest, AuthorizeResponse, CaRootList, Intention, IntentionCreated, IntentionMatches,
+    LeafCert, ServiceEntry, ServiceRegistration,
+};
+
+/// The agent Consul clients talk to when `CONSUL_HTTP_ADDR` is unset.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8500";
+/// Time allowed for a non-blocking request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// `CONSUL_HTTP_ADDR` (or the address given) is not usable.
+    #[error("invalid Consul agent address {addr:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The agent could not be reached.
+    #[error("cannot reach the Consul agent at {addr} ({path}): {source}")]
+    Unreachable {
+        /// Agent address.
+        addr: String,
+        /// The request path.
+        path: String,
+        /// The transport error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The request took longer than allowed.
+    #[error("the Consul agent at {addr} did not answer {path} within {timeout:?}")]
+    Timeout {
+        /// Agent address.
+        addr: String,
+        /// The request path.
+        path: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The token lacks a permission (403).
+    #[error(
+        "permission denied by the Consul agent for {path}: {message} (the token needs {needed})"
+    )]
+    PermissionDenied {
+        /// The request path.
+        path: String,
+        /// Consul's message.
+        message: String,
+        /// The ACL permission the endpoint requires.
+        needed: &'static str,
+    },
+    /// Any other non-2xx answer, with Consul's message.
+    #[error("Consul agent answered {status} for {path}: {message}")]
+    Status {
+        /// The request path.
+        path: String,
+        /// The status code.
+        status: StatusCode,
+        /// Consul's plain-text message.
+        message: String,
+    },
+    /// A 2xx answer whose body is not what the endpoint returns.
+    #[error("cannot decode the Consul agent's answer to {path}: {source}")]
+    Decode {
+        /// The request path.
+        path: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+impl AgentError {
+    /// The HTTP status, for answers the agent gave.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            AgentError::Status { status, .. } => Some(*status),
+            AgentError::PermissionDenied { .. } => Some(StatusCode::FORBIDDEN),
+            _ => None,
+        }
+    }
+}
+
+/// An ACL token. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token's secret ID.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Options of one read.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Blocking: return once the resource's index is past this (0 = do not block).
+    pub index: u64,
+    /// Blocking: the longest wait (the agent's default when `None`).
+    pub wait: Option<Duration>,
+    /// Datacenter to ask (the agent's own when `None`).
+    pub datacenter: Option<String>,
+}
+
+/// A value with the `X-Consul-Index` it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed<T> {
+    /// The value.
+    pub value: T,
+    /// The index (0 when the endpoint sends none).
+    pub index: u64,
+}
+
+/// A client of the local agent's HTTP API. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    http: Client<HttpConnector, Full<Bytes>>,
+    /// `http://host:port`
+    base: String,
+    token: Option<Token>,
+}
+
+impl fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("addr", &self.inner.base)
+            .field("token", &self.inner.token)
+            .finish()
+    }
+}
+
+impl AgentClient {
+    /// A client for `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`) with `CONSUL_HTTP_TOKEN`.
+    pub fn from_env() -> Result<Self, AgentError> {
+        let addr = std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
+        let client = Self::new(&addr)?;
+        Ok(match std::env::var("CONSUL_HTTP_TOKEN") {
+            Ok(token) if !token.is_empty() => client.with_token(Token::new(token)),
+            _ => client,
+        })
+    }
+
+    /// A client for the agent at `addr`: `host:port` or `http://host:port`.
+    ///
+    /// ```
+    /// let agent = consul_connect::agent::AgentClient::new("127.0.0.1:8500")?;
+    /// assert_eq!(agent.address(), "127.0.0.1:8500");
+    /// # Ok::<(), consul_connect::agent::AgentError>(())
+    /// ```
+    pub fn new(addr: &str) -> Result<Self, AgentError> {
+        let invalid = |reason| AgentError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let host_port = match addr.split_once("://") {
+            None => addr,
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(invalid("https agent addresses are not supported yet"))
+            }
+            Some(("unix", _)) => {
+                return Err(invalid("unix socket agent addresses are not supported"))
+            }
+            Some(_) => return Err(invalid("the scheme must be http")),
+        };
+        let host_port = host_port.trim_end_matches('/');
+        if host_port.is_empty() || host_port.contains(['/', '?', '#', '@']) {
+            return Err(invalid("expected host:port"));
+        }
+        let base = format!("http://{host_port}");
+        if base.parse::<http::Uri>().is_err() {
+            return Err(invalid("expected host:port"));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                http,
+                base,
+                token: None,
+            }),
+        })
+    }
+
+    /// The same agent, sending `token` as `X-Consul-Token` on every request.
+    pub fn with_token(self, token: Token) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                http: self.inner.http.clone(),
+                base: self.inner.base.clone(),
+                token: Some(token),
+            }),
+        }
+    }
+
+    /// The agent's `host:port`.
+    pub fn address(&self) -> &str {
+        self.inner.base.trim_start_matches("http://")
+    }
+
+    /// `GET /v1/agent/connect/ca/roots`.
+    pub async fn roots(&self, opts: &QueryOptions) -> Result<Indexed<CaRootList>, AgentError> {
+        self.get("/v1/agent/connect/ca/roots", &[], opts).await
+    }
+
+    /// `GET /v1/agent/connect/ca/leaf/<service>`.
+    pub async fn leaf(
+        &self,
+        service: &str,
+        opts: &QueryOptions,
+    ) -> Result<Indexed<LeafCert>, AgentError> {
+        self.get(
+            &format!("/v1/agent/connect/ca/leaf/{}", encode(service)),
+            &[],
+            opts,
+        )
+        .await
+    }
+
+    /// `POST /v1/agent/connect/authorize`.
+    pub async fn authorize(&self, req: &AuthorizeRequest) -> Result<AuthorizeResponse, AgentError> {
+        self.send(Method::POST, "/v1/agent/connect/authorize", Some(req))
+            .await
+    }
+
+    /// `GET /v1/health/connect/<service>?passing`: Connect-capable healthy instances.
+    pub async fn health_connect(
+        &self,
+        service: &str,
+        tag: Option<&str>,
+        opts: &QueryOptions,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, AgentError> {
+        let mut params = vec![("passing", "1")];
+        if let Some(tag) = tag {
+            params.push(("tag", tag));
+        }
+        self.get(
+            &format!("/v1/health/connect/{}", encode(service)),
+            &params,
+            opts,
+        )
+        .await
+    }
+
+    /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.
+    pub async fn intentions_for_destination(
+        &self,
+        service: &str,
+        opts: &QueryOptions,
+    ) -> Result<Indexed<Vec<Intention>>, AgentError> {
+        let got: Indexed<IntentionMatches> = self
+            .get(
+                "/v1/connect/intentions/match",
+                &[("by", "destination"), ("name", service)],
+                opts,
+            )
+            .await?;
+        let list = got.value.into_values().next().flatten().unwrap_or_default();
+        Ok(Indexed {
+            value: list,
+            index: got.index,
+        })
+    }
+
+    /// `POST /v1/connect/intentions`: creates an intention, returning its ID.
+    pub async fn create_intention(&self, intention: &Intention) -> Result<String, AgentError> {
+        let created: IntentionCreated = self
+            .send(Method::POST, "/v1/connect/intentions", Some(intention))
+            .await?;
+        Ok(created.id)
+    }
+
+    /// `PUT /v1/agent/service/register`.
+    pub async fn register(&self, reg: &ServiceRegistration) -> Result<(), AgentError> {
+        self.send_no_body(Method::PUT, "/v1/agent/service/register", Some(reg))
+            .await
+    }
+
+    /// `PUT /v1/agent/service/deregister/<id>`.
+    pub async fn deregister(&self, service_id: &str) -> Result<(), AgentError> {
+        let path = format!("/v1/agent/service/deregister/{}", encode(service_id));
+        self.send_no_body::<()>(Method::PUT, &path, None).await
+    }
+
+    /// A GET with query parameters and blocking options, decoded as `T`.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        opts: &QueryOptions,
+    ) -> Result<Indexed<T>, AgentError> {
+        let mut query = form_query(params);
+        if let Some(dc) = &opts.datacenter {
+            push_param(&mut query, "dc", dc);
+        }
+        let mut timeout = REQUEST_TIMEOUT;
+        if opts.index > 0 {
+            push_param(&mut query, "index", &opts.index.to_string());
+            let wait = opts.wait.unwrap_or(Duration::from_secs(300));
+            push_param(&mut query, "wait", &format!("{}ms", wait.as_millis()));
+            // The agent may add up to wait/16 of jitter; allow that and some slack.
+            timeout = wait + wait / 16 + REQUEST_TIMEOUT;
+        }
+        let uri = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+        let (status, index, body) = self
+            .request(Method::GET, &uri, Bytes::new(), timeout)
+            .await?;
+        let value = decode(path, status, &body)?;
+        Ok(Indexed { value, index })
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, AgentError> {
+        let (status, _, bytes) = self
+            .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
+            .await?;
+        decode(path, status, &bytes)
+    }
+
+    async fn send_no_body<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(), AgentError> {
+        let (status, _, bytes) = self
+            .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
+            .await?;
+        check_status(path, status, &bytes)
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, u64, Bytes), AgentError> {
+        let path = path_and_query
+            .split('?')
+            .next()
+            .unwrap_or(path_and_query)
+            .to_owned();
+        let unreachable =
+            |source: Box<dyn std::error::Error + Send + Sync>| AgentError::Unreachable {
+                addr: self.address().to_owned(),
+                path: path.clone(),
+                source,
+            };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.inner.base, path_and_query))
+            .header(
+                header::USER_AGENT,
+                concat!("consul-connect-rust/", env!("CARGO_PKG_VERSION")),
+            );
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.inner.token {
+            req = req.header("X-Consul-Token", token.expose());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| unreachable(Box::new(e)))?;
+        let exchange = async {
+            let resp = self
+                .inner
+                .http
+                .request(req)
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?;
+            let status = resp.status();
+            let index = resp
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?
+                .to_bytes();
+            Ok((status, index, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                addr: self.address().to_owned(),
+                path: path.clone(),
+                timeout,
+            })?
+    }
+}
+
+fn json_bytes<B: Serialize>(body: Option<&B>) -> Bytes {
+    // Serializing our own wire types cannot fail (string keys, no non-finite floats).
+    body.and_then(|b| serde_json::to_vec(b).ok())
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
+
+fn check_status(path: &str, status: StatusCode, body: &[u8]) -> Result<(), AgentError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let message = String::from_utf8_lossy(body).trim().to_owned();
+    if status == StatusCode::FORBIDDEN {
+        return Err(AgentError::PermissionDenied {
+            path: path.to_owned(),
+            message,
+            needed: needed_permission(path),
+        });
+    }
+    Err(AgentError::Status {
+        path: path.to_owned(),
+        status,
+        message,
+    })
+}
+
+fn decode<T: DeserializeOwned>(
+    path: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, AgentError> {
+    check_status(path, status, body)?;
+    serde_json::from_slice(body).map_err(|source| AgentError::Decode {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The ACL rule Consul checks for an endpoint, to make a 403 actionable.
+fn needed_permission(path: &str) -> &'static str {
+    if path.starts_with("/v1/agent/connect/ca/leaf/") {
+        "service:write on the service"
+    } else if path.starts_with("/v1/agent/connect/authorize") {
+        "service:write on the target service"
+    } else if path.starts_with("/v1/connect/intentions") {
+        "intentions:read (or write) on the destination"
+    } else if path.starts_with("/v1/connect/ca/configuration") {
+        "operator:read (or write)"
+    } else if path.starts_with("/v1/agent/service/") {
+        "service:write on the service"
+    } else {
+        "service:read or node:read"
+    }
+}
+
+fn encode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+fn form_query(params: &[(&str, &str)]) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        out.append_pair(k, v);
+    }
+    out.finish()
+}
+
+fn push_param(query: &mut String, key: &str, value: &str) {
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str(&form_query(&[(key, value)]));
+}
+
+/// How a blocking-query watch paces itself.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The blocking wait sent as `?wait=`.
+    pub wait: Duration,
+    /// First delay after an error; doubles with each consecutive error.
+    pub backoff_base: Duration,
+    /// Longest delay after errors.
+    pub backoff_max: Duration,
+    /// Shortest time between two requests, so an endpoint that answers at once is not
+    /// hammered.
+    pub min_interval: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            wait: Duration::from_secs(300),
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            min_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl WatchConfig {
+    /// The delay after `errors` consecutive errors: exponential, capped, with jitter in its
+    /// upper half so watchers of a restarted agent do not return together.
+    pub fn backoff(&self, errors: u32) -> Duration {
+        let exp = self.backoff_base.saturating_mul(
+            1u32.checked_shl(errors.saturating_sub(1).min(20))
+                .unwrap_or(u32::MAX),
+        );
+        let capped = exp.min(self.backoff_max);
+        let half = capped / 2;
+        half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos() as u64))
+    }
+}
+
+/// What a watch reports.
+#[derive(Debug)]
+pub enum WatchEvent<T> {
+    /// A new value (its index moved).
+    Update(Indexed<T>),
+    /// A failed fetch; the watch backs off and tries again.
+    Error(AgentError),
+}
+
+/// Runs a blocking-query loop until `stop` turns true: calls `fetch` with the last index,
+/// reports each new value or error to `on_event`, backs off on errors, resets the index when it
+/// goes backwards (an agent restart), and keeps at least `min_interval` between requests.
+pub async fn run_watch<T, F, Fut>(
+    config: WatchConfig,
+    mut stop: watch::Receiver<bool>,
+    mut fetch: F,
+    mut on_event: impl FnMut(WatchEvent<T>),
+) where
+    F: FnMut(QueryOptions) -> Fut,
+    Fut: Future<Output = Result<Indexed<T>, AgentError>>,
+{
+    let mut index = 0u64;
+    let mut errors = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let opts = QueryOptions {
+            index,
+            wait: Some(config.wait),
+            datacenter: None,
+        };
+        let result = tokio::select! {
+            r = fetch(opts) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let pause = match result {
+            Ok(got) => {
+                errors = 0;
+                let changed = got.index != index || index == 0;
+                // An index that goes backwards means the agent's state was reset: start over.
+                index = if got.index < index {
+                    0
+                } else {
+                    got.index.max(1)
+                };
+                if changed {
+                    on_event(WatchEvent::Update(got));
+                }
+                config.min_interval.saturating_sub(started.elapsed())
+            }
+            Err(e) => {
+                errors = errors.saturating_add(1);
+                on_event(WatchEvent::Error(e));
+                config.backoff(errors)
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_parsed_like_consul_clients() {
+        assert_eq!(
+            AgentClient::new("127.0.0.1:8500").unwrap().address(),
+            "127.0.0.1:8500"
+        );
+        assert_eq!(
+            AgentClient::new("http://localhost:8500/")
+                .unwrap()
+                .address(),
+            "localhost:8500"
+        );
+        for bad in [
+            "",
+            "https://x:1",
+            "unix:///tmp/s",
+            "ftp://x",
+            "http://",
+            "x:1/path",
+        ] {
+            assert!(AgentClient::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn token_is_never_printed() {
+        let client = AgentClient::new("127.0.0.1:1")
+            .unwrap()
+            .with_token(Token::new("s3cr3t-token"));
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn backoff_grows_jitters_and_is_capped() {
+        let config = WatchConfig::default();
+        for errors in 1..40 {
+            let d = config.backoff(errors);
+            let full = config
+                .backoff_base
+                .saturating_mul(1 << (errors - 1).min(20))
+                .min(config.backoff_max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "{errors}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+        assert!(config.backoff(30) <= config.backoff_max);
+    }
+
+    #[test]
+    fn forbidden_names_the_permission() {
+        let err = check_status(
+            "/v1/agent/connect/ca/leaf/db",
+            StatusCode::FORBIDDEN,
+            b"Permission denied",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("service:write"), "{err}");
+    }
+}

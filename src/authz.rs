@@ -1,0 +1,259 @@
+//! Who may connect: authorizers that decide, per new client connection, with Consul's
+//! intentions.
+//!
+//! [`AgentAuthorizer`] (the default, as in Consul's Go SDK) asks the local agent's
+//! `/v1/agent/connect/authorize` after the handshake. [`IntentionsAuthorizer`] watches the
+//! intentions for the service and decides in-process, inside the handshake, so a denied
+//! client gets a TLS alert and the agent sees no call. Both give the same decisions.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::agent::{run_watch, AgentClient, AgentError, QueryOptions, WatchConfig, WatchEvent};
+use crate::api::{AuthorizeRequest, Intention};
+use crate::intentions::{decide_matches, DefaultDecision};
+use crate::spiffe::ServiceId;
+use crate::tls::HandshakeAuthorizer;
+
+/// The outcome of an authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// Whether the client may proceed.
+    pub allowed: bool,
+    /// Why, in Consul's words.
+    pub reason: String,
+}
+
+/// Why a connection was not authorized.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthzError {
+    /// An intention (or the default policy) denies it.
+    #[error("{peer} may not connect to {target}: {reason}")]
+    Denied {
+        /// The client identity.
+        peer: ServiceId,
+        /// The service connected to.
+        target: String,
+        /// Consul's reason.
+        reason: String,
+    },
+    /// The decision could not be made (the agent failed to answer): the connection is refused.
+    #[error("cannot authorize {peer} for {target}: {source}")]
+    Unavailable {
+        /// The client identity.
+        peer: ServiceId,
+        /// The service connected to.
+        target: String,
+        /// The agent error.
+        source: AgentError,
+    },
+}
+
+/// Decides whether a verified client may talk to this service.
+#[async_trait]
+pub trait Authorizer: Send + Sync + fmt::Debug {
+    /// Decides for `peer` (already verified against the CA) connecting to `target`, presenting
+    /// the certificate with `serial` (colon hex). A denial is `Ok` with `allowed: false`; `Err`
+    /// means no decision could be made (and the connection is refused).
+    async fn authorize(
+        &self,
+        target: &str,
+        peer: &ServiceId,
+        serial: &str,
+    ) -> Result<Authorization, AuthzError>;
+
+    /// An in-handshake form of the same decision, when the authorizer can decide without I/O.
+    /// The listener then skips [`Authorizer::authorize`].
+    fn handshake_hook(&self) -> Option<Arc<dyn HandshakeAuthorizer>> {
+        None
+    }
+}
+
+/// Asks the agent's `/v1/agent/connect/authorize` for every new client.
+#[derive(Debug, Clone)]
+pub struct AgentAuthorizer {
+    agent: AgentClient,
+}
+
+impl AgentAuthorizer {
+    /// An authorizer asking `agent`.
+    pub fn new(agent: AgentClient) -> Self {
+        Self { agent }
+    }
+}
+
+#[async_trait]
+impl Authorizer for AgentAuthorizer {
+    async fn authorize(
+        &self,
+        target: &str,
+        peer: &ServiceId,
+        serial: &str,
+    ) -> Result<Authorization, AuthzError> {
+        let req = AuthorizeRequest {
+            target: target.to_owned(),
+            client_cert_uri: peer.to_string(),
+            client_cert_serial: serial.to_owned(),
+        };
+        let resp = self
+            .agent
+            .authorize(&req)
+            .await
+            .map_err(|source| AuthzError::Unavailable {
+                peer: peer.clone(),
+                target: target.to_owned(),
+                source,
+            })?;
+        Ok(Authorization {
+            allowed: resp.authorized,
+            reason: resp.reason,
+        })
+    }
+}
+
+/// Decides in-process from the intentions that match the service as a destination, watched
+/// with blocking queries on `/v1/connect/intentions/match?by=destination`.
+///
+/// Until the first list arrives it denies (fail closed). The default for clients no intention
+/// matches must be told: Consul allows them when ACLs are off and follows the ACL default
+/// policy otherwise.
+pub struct IntentionsAuthorizer {
+    state: Arc<IntentionsState>,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct IntentionsState {
+    target: String,
+    default: DefaultDecision,
+    matches: ArcSwap<Option<Vec<Intention>>>,
+    loaded: watch::Sender<bool>,
+}
+
+impl fmt::Debug for IntentionsAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.state.matches.load().as_ref().as_ref().map(Vec::len);
+        f.debug_struct("IntentionsAuthorizer")
+            .field("target", &self.state.target)
+            .field("default", &self.state.default)
+            .field("intentions", &count)
+            .finish()
+    }
+}
+
+impl IntentionsAuthorizer {
+    /// Starts watching the intentions for `target` (the service's own name) through `agent`.
+    pub fn start(agent: AgentClient, target: &str, default: DefaultDecision) -> Self {
+        Self::start_with(agent, target, default, WatchConfig::default())
+    }
+
+    /// As [`IntentionsAuthorizer::start`], with the watch's pacing.
+    pub fn start_with(
+        agent: AgentClient,
+        target: &str,
+        default: DefaultDecision,
+        config: WatchConfig,
+    ) -> Self {
+        let state = Arc::new(IntentionsState {
+            target: target.to_owned(),
+            default,
+            matches: ArcSwap::from_pointee(None),
+            loaded: watch::channel(false).0,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let watcher = state.clone();
+        tokio::spawn(async move {
+            let target = watcher.target.clone();
+            run_watch(
+                config,
+                stopped,
+                |opts: QueryOptions| {
+                    let agent = agent.clone();
+                    let target = target.clone();
+                    async move { agent.intentions_for_destination(&target, &opts).await }
+                },
+                |event| match event {
+                    WatchEvent::Update(list) => {
+                        watcher.matches.store(Arc::new(Some(list.value)));
+                        watcher.loaded.send_replace(true);
+                    }
+                    WatchEvent::Error(e) => {
+                        tracing::warn!(target = %watcher.target, error = %e, "intentions watch failed; keeping the last list");
+                    }
+                },
+            )
+            .await;
+        });
+        Self { state, stop }
+    }
+
+    /// Waits until the first intentions list has arrived.
+    pub async fn loaded(&self) {
+        let mut loaded = self.state.loaded.subscribe();
+        let _ = loaded.wait_for(|l| *l).await;
+    }
+
+    fn decide(&self, peer: &ServiceId) -> Authorization {
+        self.state.decide(peer)
+    }
+}
+
+impl IntentionsState {
+    fn decide(&self, peer: &ServiceId) -> Authorization {
+        let matches = self.matches.load();
+        match matches.as_ref() {
+            None => Authorization {
+                allowed: false,
+                reason: "intentions not loaded yet".into(),
+            },
+            Some(list) => {
+                let d = decide_matches(list.iter(), peer, self.default);
+                Authorization {
+                    allowed: d.allowed,
+                    reason: d.reason,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for IntentionsAuthorizer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[async_trait]
+impl Authorizer for IntentionsAuthorizer {
+    async fn authorize(
+        &self,
+        _target: &str,
+        peer: &ServiceId,
+        _serial: &str,
+    ) -> Result<Authorization, AuthzError> {
+        Ok(self.decide(peer))
+    }
+
+    fn handshake_hook(&self) -> Option<Arc<dyn HandshakeAuthorizer>> {
+        Some(Arc::new(IntentionsHook(self.state.clone())))
+    }
+}
+
+#[derive(Debug)]
+struct IntentionsHook(Arc<IntentionsState>);
+
+impl HandshakeAuthorizer for IntentionsHook {
+    fn authorize(&self, peer: &ServiceId, _serial: &str) -> Result<(), String> {
+        let decision = self.0.decide(peer);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(decision.reason)
+        }
+    }
+}

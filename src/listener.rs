@@ -1,0 +1,246 @@
+//! Accepting Connect connections: mutual TLS, then authorization, before the application sees
+//! a byte.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::authz::{Authorizer, AuthzError};
+use crate::service::ConnectService;
+use crate::spiffe::ServiceId;
+use crate::tls::{peer_identity, VerifyError};
+
+/// A server-side Connect stream.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Default limit for a client to complete the TLS handshake and authorization.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of handshakes in progress at once; further connections wait in the kernel's
+/// accept queue.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
+/// Why an incoming connection was refused (logged; `accept` carries on).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The client did not finish the handshake in time.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The client's certificate failed a check.
+    #[error("client certificate rejected: {0}")]
+    Verify(VerifyError),
+    /// The TLS handshake failed otherwise.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The handshake completed without a usable client identity.
+    #[error("client presented no SPIFFE service identity")]
+    NoIdentity,
+    /// Authorization refused the client or could not be had.
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+}
+
+/// Options of a [`ConnectListener`].
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Time allowed for handshake plus authorization (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once (default 1024).
+    pub max_pending: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+/// Accepts Connect clients of a [`ConnectService`].
+///
+/// Each connection's handshake runs in its own task with a timeout, so a slow client cannot
+/// hold up others. [`ConnectListener::accept`] returns only streams whose client passed the
+/// certificate checks and authorization; the rest are logged (who, why) and closed.
+///
+/// ```no_run
+/// # async fn run(db: consul_connect::ConnectService) -> std::io::Result<()> {
+/// use consul_connect::ConnectListener;
+/// let mut listener = ConnectListener::bind(&db, "127.0.0.1:9191").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     println!("{peer} connected");
+///     # drop(stream);
+/// }
+/// # }
+/// ```
+pub struct ConnectListener {
+    incoming: mpsc::Receiver<(ServerStream, ServiceId)>,
+    local_addr: SocketAddr,
+    task: JoinHandle<io::Error>,
+}
+
+impl fmt::Debug for ConnectListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectListener")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectListener {
+    /// Binds `addr` and accepts for `service`.
+    pub async fn bind(service: &ConnectService, addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Self::from_tcp(service, TcpListener::bind(addr).await?)
+    }
+
+    /// Accepts on an existing listener.
+    pub fn from_tcp(service: &ConnectService, listener: TcpListener) -> io::Result<Self> {
+        Self::with_config(service, listener, ListenerConfig::default())
+    }
+
+    /// Accepts on an existing listener with explicit options.
+    pub fn with_config(
+        service: &ConnectService,
+        listener: TcpListener,
+        config: ListenerConfig,
+    ) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, incoming) = mpsc::channel(64);
+        let ctx = Arc::new(AcceptContext {
+            acceptor: TlsAcceptor::from(service.server_config()),
+            authorizer: service.authorizer().clone(),
+            // With an in-handshake authorizer the decision is already made by the verifier.
+            authorize_after: service.authorizer().handshake_hook().is_none(),
+            target: service.name().to_owned(),
+            timeout: config.handshake_timeout,
+        });
+        let task = tokio::spawn(accept_loop(listener, ctx, tx, config.max_pending.max(1)));
+        Ok(Self {
+            incoming,
+            local_addr,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next authorized connection and its client's identity. Fails only if the TCP
+    /// listener itself fails.
+    pub async fn accept(&mut self) -> io::Result<(ServerStream, ServiceId)> {
+        match self.incoming.recv().await {
+            Some(conn) => Ok(conn),
+            None => Err(io::Error::other("the Connect listener stopped")),
+        }
+    }
+}
+
+impl Drop for ConnectListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct AcceptContext {
+    acceptor: TlsAcceptor,
+    authorizer: Arc<dyn Authorizer>,
+    authorize_after: bool,
+    target: String,
+    timeout: Duration,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<AcceptContext>,
+    tx: mpsc::Sender<(ServerStream, ServiceId)>,
+    max_pending: usize,
+) -> io::Error {
+    let pending = Arc::new(Semaphore::new(max_pending));
+    loop {
+        let Ok(permit) = pending.clone().acquire_owned().await else {
+            return io::Error::other("handshake limiter closed");
+        };
+        let (tcp, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return e,
+        };
+        if tx.is_closed() {
+            return io::Error::other("the Connect listener was dropped");
+        }
+        let ctx = ctx.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(ctx.timeout, handshake(&ctx, tcp)).await {
+                Ok(Ok((stream, peer))) => {
+                    tracing::debug!(%remote, %peer, target = %ctx.target, "Connect client accepted");
+                    let _ = tx.send((stream, peer)).await;
+                }
+                Ok(Err(reason)) => {
+                    tracing::info!(%remote, target = %ctx.target, %reason, "Connect client refused");
+                }
+                Err(_) => {
+                    let reason = RejectReason::Timeout(ctx.timeout);
+                    tracing::info!(%remote, target = %ctx.target, %reason, "Connect client refused");
+                }
+            }
+        });
+    }
+}
+
+async fn handshake(
+    ctx: &AcceptContext,
+    tcp: TcpStream,
+) -> Result<(ServerStream, ServiceId), RejectReason> {
+    let _ = tcp.set_nodelay(true);
+    let stream = ctx
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| match VerifyError::from_io(&e) {
+            Some(v) => RejectReason::Verify(v),
+            None => RejectReason::Handshake(e),
+        })?;
+    let peer = peer_identity(stream.get_ref().1).ok_or(RejectReason::NoIdentity)?;
+    if ctx.authorize_after {
+        let decision = ctx
+            .authorizer
+            .authorize(&ctx.target, peer.service_id(), peer.serial())
+            .await?;
+        if !decision.allowed {
+            return Err(RejectReason::Authz(AuthzError::Denied {
+                peer: peer.into_service_id(),
+                target: ctx.target.clone(),
+                reason: decision.reason,
+            }));
+        }
+    }
+    Ok((stream, peer.into_service_id()))
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || e
+        .raw_os_error()
+        .is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
+}

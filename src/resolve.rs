@@ -1,0 +1,193 @@
+//! Where to dial: resolvers turn a service name into candidate instances, each with the
+//! identity its server must prove.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use rand::seq::SliceRandom;
+
+use crate::agent::{AgentClient, AgentError, QueryOptions};
+use crate::api::ServiceEntry;
+use crate::spiffe::ServiceId;
+use crate::tls::ExpectedServer;
+
+/// One instance to try: an address and who must answer there.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// `host:port`.
+    pub addr: String,
+    /// The identity the server must present.
+    pub expected: ExpectedServer,
+}
+
+/// Why no candidate could be produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The agent could not be asked.
+    #[error("cannot discover {service:?}: {source}")]
+    Agent {
+        /// The service asked for.
+        service: String,
+        /// The agent error.
+        source: AgentError,
+    },
+    /// The agent knows no healthy Connect-capable instance.
+    #[error("no healthy instances found for {service:?}")]
+    NoInstances {
+        /// The service asked for.
+        service: String,
+    },
+}
+
+/// Turns a target into candidates, best first.
+#[async_trait]
+pub trait Resolver: Send + Sync + fmt::Debug {
+    /// The service being resolved (for errors and logs).
+    fn service(&self) -> &str;
+
+    /// The candidates, in the order to try them.
+    async fn resolve(&self) -> Result<Vec<Candidate>, ResolveError>;
+}
+
+/// A fixed address and expected service, for when discovery is done elsewhere.
+///
+/// ```
+/// use consul_connect::resolve::StaticResolver;
+/// let db = StaticResolver::new("127.0.0.1:9191", "db");
+/// ```
+#[derive(Debug, Clone)]
+pub struct StaticResolver {
+    addr: String,
+    expected: ExpectedServer,
+}
+
+impl StaticResolver {
+    /// The service `service` at `addr` (`host:port`), in any datacenter.
+    pub fn new(addr: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            expected: ExpectedServer::new(service),
+        }
+    }
+
+    /// The instance at `addr` that must present exactly `id`'s namespace, datacenter and service.
+    pub fn with_id(addr: impl Into<String>, id: &ServiceId) -> Self {
+        Self {
+            addr: addr.into(),
+            expected: ExpectedServer::new(id.service())
+                .with_namespace(id.namespace())
+                .with_datacenter(id.datacenter()),
+        }
+    }
+}
+
+#[async_trait]
+impl Resolver for StaticResolver {
+    fn service(&self) -> &str {
+        self.expected.service()
+    }
+
+    async fn resolve(&self) -> Result<Vec<Candidate>, ResolveError> {
+        Ok(vec![Candidate {
+            addr: self.addr.clone(),
+            expected: self.expected.clone(),
+        }])
+    }
+}
+
+/// Healthy Connect-capable instances from the agent's `/v1/health/connect/<service>?passing`,
+/// in random order (Consul's Go SDK picks one at random).
+#[derive(Debug, Clone)]
+pub struct CatalogResolver {
+    agent: AgentClient,
+    service: String,
+    datacenter: Option<String>,
+    tag: Option<String>,
+}
+
+impl CatalogResolver {
+    /// Resolves `service` through `agent`.
+    pub fn new(agent: AgentClient, service: impl Into<String>) -> Self {
+        Self {
+            agent,
+            service: service.into(),
+            datacenter: None,
+            tag: None,
+        }
+    }
+
+    /// Only instances in this datacenter.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Only instances with this tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+}
+
+#[async_trait]
+impl Resolver for CatalogResolver {
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    async fn resolve(&self) -> Result<Vec<Candidate>, ResolveError> {
+        let opts = QueryOptions {
+            datacenter: self.datacenter.clone(),
+            ..QueryOptions::default()
+        };
+        let entries = self
+            .agent
+            .health_connect(&self.service, self.tag.as_deref(), &opts)
+            .await
+            .map_err(|source| ResolveError::Agent {
+                service: self.service.clone(),
+                source,
+            })?
+            .value;
+        let mut candidates: Vec<Candidate> = entries.iter().filter_map(candidate).collect();
+        if candidates.is_empty() {
+            return Err(ResolveError::NoInstances {
+                service: self.service.clone(),
+            });
+        }
+        candidates.shuffle(&mut rand::rng());
+        Ok(candidates)
+    }
+}
+
+/// The address and expected identity of a health entry, as Consul's Go resolver derives them:
+/// the service's address or else the node's; a native service proves its own name, a proxy its
+/// destination's; the datacenter is the node's.
+fn candidate(entry: &ServiceEntry) -> Option<Candidate> {
+    let service = &entry.service;
+    let name = if service.connect.native {
+        service.service.as_str()
+    } else {
+        service.proxy.destination_service_name.as_str()
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let host = if service.address.is_empty() {
+        &entry.node.address
+    } else {
+        &service.address
+    };
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", service.port)
+    } else {
+        format!("{host}:{}", service.port)
+    };
+    Some(Candidate {
+        addr,
+        expected: ExpectedServer::new(name)
+            .with_namespace("default")
+            .with_datacenter(entry.node.datacenter.clone()),
+    })
+}

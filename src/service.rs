@@ -1,0 +1,447 @@
+//! [`ConnectService`]: a service's Connect identity, kept fresh in the background.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::UnixTime;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::agent::{
+    run_watch, AgentClient, AgentError, QueryOptions, Token, WatchConfig, WatchEvent,
+};
+use crate::api::{CaRootList, LeafCert};
+use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
+use crate::dialer::ConnectDialer;
+use crate::intentions::DefaultDecision;
+use crate::spiffe::ServiceId;
+use crate::tls::{client_config, server_config, ConnectClientConfig, Material, MaterialCell};
+
+/// Why a service is not ready.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotReady {
+    /// The wait ran out; says what was missing and the last error seen.
+    #[error("service {service:?} is not ready after {waited:?}: {missing}{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    Timeout {
+        /// The service name.
+        service: String,
+        /// How long we waited.
+        waited: Duration,
+        /// `CA roots`, `leaf certificate`, or `a leaf valid under the roots`.
+        missing: &'static str,
+        /// The most recent watch or verification error.
+        last_error: Option<String>,
+    },
+    /// The service was shut down.
+    #[error("service {service:?} was shut down")]
+    Shutdown {
+        /// The service name.
+        service: String,
+    },
+}
+
+/// A failure a watch or the material check reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchFailure {
+    /// `roots`, `leaf` or `material` (a fetched leaf or roots list that did not verify).
+    pub source: &'static str,
+    /// The error.
+    pub message: String,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+/// A snapshot of a service's Connect state.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// A leaf valid under the current roots is held.
+    pub ready: bool,
+    /// The identity of the held leaf.
+    pub identity: Option<ServiceId>,
+    /// The held leaf's serial (colon hex).
+    pub leaf_serial: Option<String>,
+    /// The held leaf's expiry.
+    pub leaf_not_after: Option<OffsetDateTime>,
+    /// IDs of the roots the service trusts.
+    pub root_ids: Vec<String>,
+    /// The last failure, kept until a later success of the same source.
+    pub last_error: Option<WatchFailure>,
+}
+
+/// Which authorizer a service uses for incoming connections.
+#[derive(Debug, Clone)]
+enum AuthorizerChoice {
+    Agent,
+    Intentions(DefaultDecision),
+    Custom(Arc<dyn Authorizer>),
+}
+
+/// Configures a [`ConnectService`].
+#[derive(Debug)]
+pub struct ConnectServiceBuilder {
+    name: String,
+    agent: Option<AgentClient>,
+    token: Option<Token>,
+    datacenter: Option<String>,
+    authorizer: AuthorizerChoice,
+    watch: WatchConfig,
+}
+
+impl ConnectServiceBuilder {
+    /// The agent to use (default: from `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN`).
+    pub fn agent(mut self, agent: AgentClient) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
+    /// The ACL token for every request (overrides the agent client's).
+    pub fn token(mut self, token: Token) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The datacenter to request the leaf for (default: the agent's).
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Authorize clients in-process from watched intentions, inside the handshake, with
+    /// `default` for clients no intention matches (Consul: allow when ACLs are off, else the
+    /// ACL default policy). The default is the agent's authorize endpoint.
+    pub fn intentions_authorizer(mut self, default: DefaultDecision) -> Self {
+        self.authorizer = AuthorizerChoice::Intentions(default);
+        self
+    }
+
+    /// Use a custom authorizer.
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = AuthorizerChoice::Custom(authorizer);
+        self
+    }
+
+    /// Pacing of the roots, leaf and intentions watches.
+    pub fn watch_config(mut self, config: WatchConfig) -> Self {
+        self.watch = config;
+        self
+    }
+
+    /// Starts the roots and leaf watches. Returns at once; use [`ConnectService::ready`] to
+    /// wait for the first certificate.
+    pub async fn build(self) -> Result<ConnectService, AgentError> {
+        let mut agent = match self.agent {
+            Some(agent) => agent,
+            None => AgentClient::from_env()?,
+        };
+        if let Some(token) = self.token {
+            agent = agent.with_token(token);
+        }
+        let authorizer: Arc<dyn Authorizer> = match self.authorizer {
+            AuthorizerChoice::Agent => Arc::new(AgentAuthorizer::new(agent.clone())),
+            AuthorizerChoice::Intentions(default) => Arc::new(IntentionsAuthorizer::start_with(
+                agent.clone(),
+                &self.name,
+                default,
+                self.watch.clone(),
+            )),
+            AuthorizerChoice::Custom(a) => a,
+        };
+        let cell = Arc::new(MaterialCell::new());
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            server: server_config(cell.clone(), authorizer.handshake_hook()),
+            client: client_config(cell.clone()),
+            name: self.name,
+            datacenter: self.datacenter,
+            agent,
+            cell,
+            authorizer,
+            fetched: Mutex::new(Fetched::default()),
+            ready: watch::channel(false).0,
+            stop,
+        });
+        shared.clone().spawn_watches(self.watch);
+        Ok(ConnectService { shared })
+    }
+}
+
+/// A service's Connect identity: its leaf certificate and the CA roots, fetched from the local
+/// agent and kept fresh by blocking queries, with the TLS configurations and authorizer built on
+/// them. Cheap to clone; the watches stop when [`ConnectService::shutdown`] is called or the last
+/// clone is dropped.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use consul_connect::ConnectService;
+/// use std::time::Duration;
+///
+/// let web = ConnectService::builder("web").build().await?;
+/// web.ready_timeout(Duration::from_secs(10)).await?;
+/// println!("I am {}", web.identity().expect("ready"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConnectService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    datacenter: Option<String>,
+    agent: AgentClient,
+    cell: Arc<MaterialCell>,
+    server: Arc<rustls::ServerConfig>,
+    client: ConnectClientConfig,
+    authorizer: Arc<dyn Authorizer>,
+    fetched: Mutex<Fetched>,
+    ready: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+/// The latest answers of the two watches, which together make a `Material`.
+#[derive(Default)]
+struct Fetched {
+    roots: Option<CaRootList>,
+    leaf: Option<LeafCert>,
+    last_error: Option<WatchFailure>,
+}
+
+impl fmt::Debug for ConnectService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectService")
+            .field("name", &self.shared.name)
+            .field("ready", &*self.shared.ready.borrow())
+            .field("agent", &self.shared.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectService {
+    /// A builder for the service `name`.
+    pub fn builder(name: impl Into<String>) -> ConnectServiceBuilder {
+        ConnectServiceBuilder {
+            name: name.into(),
+            agent: None,
+            token: None,
+            datacenter: None,
+            authorizer: AuthorizerChoice::Agent,
+            watch: WatchConfig::default(),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The service's SPIFFE identity, once a leaf is held.
+    pub fn identity(&self) -> Option<ServiceId> {
+        self.shared.cell.load().map(|m| m.service_id().clone())
+    }
+
+    /// The agent client the service uses.
+    pub fn agent(&self) -> &AgentClient {
+        &self.shared.agent
+    }
+
+    /// Waits until a leaf valid under the current roots is held.
+    pub async fn ready(&self) -> Result<(), NotReady> {
+        let mut ready = self.shared.ready.subscribe();
+        let mut stop = self.shared.stop.subscribe();
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => r.map(|_| ()).map_err(|_| self.shutdown_error()),
+            _ = stop.wait_for(|s| *s) => Err(self.shutdown_error()),
+        }
+    }
+
+    /// [`ConnectService::ready`] with a limit; the error says what is missing.
+    pub async fn ready_timeout(&self, limit: Duration) -> Result<(), NotReady> {
+        match tokio::time::timeout(limit, self.ready()).await {
+            Ok(result) => result,
+            Err(_) => {
+                let fetched = self.shared.lock_fetched();
+                let missing = match (&fetched.roots, &fetched.leaf) {
+                    (None, _) => "CA roots",
+                    (_, None) => "leaf certificate",
+                    _ => "a leaf valid under the roots",
+                };
+                Err(NotReady::Timeout {
+                    service: self.shared.name.clone(),
+                    waited: limit,
+                    missing,
+                    last_error: fetched
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("{}: {}", e.source, e.message)),
+                })
+            }
+        }
+    }
+
+    /// Readiness, the held leaf and roots, and the last error.
+    pub fn status(&self) -> Status {
+        let material = self.shared.cell.load();
+        let fetched = self.shared.lock_fetched();
+        Status {
+            ready: material.is_some(),
+            identity: material.as_ref().map(|m| m.service_id().clone()),
+            leaf_serial: material.as_ref().map(|m| m.serial().to_owned()),
+            leaf_not_after: material.as_ref().map(|m| m.not_after()),
+            root_ids: fetched
+                .roots
+                .as_ref()
+                .map(|r| r.roots.iter().map(|r| r.id.clone()).collect())
+                .unwrap_or_default(),
+            last_error: fetched.last_error.clone(),
+        }
+    }
+
+    /// The rustls server configuration (client auth required, verifier and certificate read
+    /// the current material on every handshake).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.shared.server.clone()
+    }
+
+    /// The client configuration, from which each dial derives its own.
+    pub fn client_config(&self) -> &ConnectClientConfig {
+        &self.shared.client
+    }
+
+    /// The authorizer for incoming connections.
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.shared.authorizer
+    }
+
+    /// The current material, if any.
+    pub fn material(&self) -> Option<Arc<Material>> {
+        self.shared.cell.load()
+    }
+
+    /// A dialer for connecting to other services as this one.
+    pub fn dialer(&self) -> ConnectDialer {
+        ConnectDialer::new(self.clone())
+    }
+
+    /// Stops the watches. Existing connections are not touched; new handshakes keep using the
+    /// last material.
+    pub fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+    }
+
+    fn shutdown_error(&self) -> NotReady {
+        NotReady::Shutdown {
+            service: self.shared.name.clone(),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Shared {
+    fn lock_fetched(&self) -> std::sync::MutexGuard<'_, Fetched> {
+        // Plain data; a panic elsewhere cannot leave it half-written in a harmful way.
+        self.fetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the two watches. They hold only a weak reference, so dropping the service ends
+    /// them.
+    fn spawn_watches(self: Arc<Self>, config: WatchConfig) {
+        let weak = Arc::downgrade(&self);
+        let agent = self.agent.clone();
+        let stop = self.stop.subscribe();
+        let roots_weak = weak.clone();
+        tokio::spawn(run_watch(
+            config.clone(),
+            stop.clone(),
+            move |opts: QueryOptions| {
+                let agent = agent.clone();
+                async move { agent.roots(&opts).await }
+            },
+            move |event| {
+                if let Some(shared) = roots_weak.upgrade() {
+                    shared.on_roots(event);
+                }
+            },
+        ));
+        let agent = self.agent.clone();
+        let name = self.name.clone();
+        let dc = self.datacenter.clone();
+        tokio::spawn(run_watch(
+            config,
+            stop,
+            move |mut opts: QueryOptions| {
+                let agent = agent.clone();
+                let name = name.clone();
+                opts.datacenter = dc.clone();
+                async move { agent.leaf(&name, &opts).await }
+            },
+            move |event| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.on_leaf(event);
+                }
+            },
+        ));
+    }
+
+    fn on_roots(&self, event: WatchEvent<CaRootList>) {
+        let mut fetched = self.lock_fetched();
+        match event {
+            WatchEvent::Update(roots) => {
+                tracing::debug!(service = %self.name, roots = roots.value.roots.len(), "CA roots updated");
+                fetched.roots = Some(roots.value);
+                self.publish(&mut fetched, "roots");
+            }
+            WatchEvent::Error(e) => self.record_error(&mut fetched, "roots", e.to_string()),
+        }
+    }
+
+    fn on_leaf(&self, event: WatchEvent<LeafCert>) {
+        let mut fetched = self.lock_fetched();
+        match event {
+            WatchEvent::Update(leaf) => {
+                tracing::debug!(service = %self.name, serial = %leaf.value.serial_number, "leaf certificate updated");
+                fetched.leaf = Some(leaf.value);
+                self.publish(&mut fetched, "leaf");
+            }
+            WatchEvent::Error(e) => self.record_error(&mut fetched, "leaf", e.to_string()),
+        }
+    }
+
+    /// Builds and publishes new material when both halves are there and the leaf verifies;
+    /// otherwise the last good material keeps serving.
+    fn publish(&self, fetched: &mut Fetched, source: &'static str) {
+        let (Some(roots), Some(leaf)) = (&fetched.roots, &fetched.leaf) else {
+            return;
+        };
+        match Material::new(roots, leaf, UnixTime::now()) {
+            Ok(material) => {
+                tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
+                self.cell.store(material);
+                if fetched
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.source == source || e.source == "material")
+                {
+                    fetched.last_error = None;
+                }
+                self.ready.send_replace(true);
+            }
+            Err(e) => self.record_error(fetched, "material", e.to_string()),
+        }
+    }
+
+    fn record_error(&self, fetched: &mut Fetched, source: &'static str, message: String) {
+        tracing::warn!(service = %self.name, source, error = %message, "keeping the last good Connect material");
+        fetched.last_error = Some(WatchFailure {
+            source,
+            message,
+            at: SystemTime::now(),
+        });
+    }
+}

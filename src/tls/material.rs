@@ -1,0 +1,367 @@
+//! What a service needs for every handshake: trusted roots and its own verified leaf.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+
+use super::verify::{self, CertFacts, PeerRole};
+use super::{provider, TlsError};
+use crate::api::{CaRootList, LeafCert};
+use crate::spiffe::{ServiceId, SpiffeId, TrustDomain};
+
+/// The TLS material of one service: CA roots, trust domains, and its leaf with its key.
+///
+/// Built once per update from the agent's roots and leaf, then read on every handshake, so
+/// everything a handshake needs is parsed here (roots as webpki trust anchors, the leaf as a
+/// rustls [`CertifiedKey`]). A `Material` only exists if its leaf verifies against its roots:
+/// it chains to one of them (with the leaf's own intermediates), is valid at the given time,
+/// is usable for both TLS client and server authentication, carries exactly one SPIFFE
+/// service URI in one of the roots' trust domains, and matches its private key.
+///
+/// `Debug` shows identities, serials and dates, never key material.
+///
+/// ```
+/// use consul_connect::api::{CaRootList, LeafCert};
+/// use consul_connect::tls::{Material, TlsError};
+/// use rustls::pki_types::UnixTime;
+///
+/// fn update(roots: &CaRootList, leaf: &LeafCert) -> Result<Material, TlsError> {
+///     let material = Material::new(roots, leaf, UnixTime::now())?;
+///     println!("serving as {} (serial {})", material.service_id(), material.serial());
+///     Ok(material)
+/// }
+/// ```
+pub struct Material {
+    roots: Arc<Roots>,
+    leaf: Leaf,
+}
+
+impl Material {
+    /// Builds the material from a roots list and a leaf, verifying the leaf at `now`.
+    ///
+    /// All PEM blocks of `leaf.cert_pem` form the presented chain (the leaf, then any
+    /// intermediate such as a cross-signed root after a CA rotation).
+    pub fn new(roots: &CaRootList, leaf: &LeafCert, now: UnixTime) -> Result<Self, TlsError> {
+        let roots = Arc::new(Roots::from_list(roots)?);
+        let leaf = Leaf::from_api(leaf, &roots, now)?;
+        Ok(Self { roots, leaf })
+    }
+
+    /// The same leaf under a new roots list, re-verified at `now`.
+    ///
+    /// Used when the roots watch fires: the new roots must still vouch for the current leaf
+    /// (Consul keeps a rotated-out root in the list until leaves signed by it have expired).
+    pub fn with_roots(&self, roots: &CaRootList, now: UnixTime) -> Result<Self, TlsError> {
+        let roots = Arc::new(Roots::from_list(roots)?);
+        let service = self.leaf.id.service().to_owned();
+        let leaf = Leaf::verified(self.leaf.certified_key.clone(), &service, &roots, now)?;
+        Ok(Self { roots, leaf })
+    }
+
+    /// A new leaf under the current roots, verified at `now`.
+    pub fn with_leaf(&self, leaf: &LeafCert, now: UnixTime) -> Result<Self, TlsError> {
+        let leaf = Leaf::from_api(leaf, &self.roots, now)?;
+        Ok(Self {
+            roots: self.roots.clone(),
+            leaf,
+        })
+    }
+
+    /// Our identity, from the leaf's URI SAN.
+    pub fn service_id(&self) -> &ServiceId {
+        &self.leaf.id
+    }
+
+    /// The leaf's serial as Consul writes it (colon hex, minimal bytes).
+    pub fn serial(&self) -> &str {
+        &self.leaf.serial
+    }
+
+    /// Start of the leaf's validity.
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.leaf.not_before
+    }
+
+    /// End of the leaf's validity.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.leaf.not_after
+    }
+
+    /// Whether the leaf is within its validity period at `now`.
+    pub fn leaf_valid_at(&self, now: UnixTime) -> bool {
+        let now = unix_seconds(now);
+        self.leaf.not_before.unix_timestamp() <= now && now <= self.leaf.not_after.unix_timestamp()
+    }
+
+    /// The trust domains peers may belong to: the list's `TrustDomain` and each root's.
+    pub fn trust_domains(&self) -> &[TrustDomain] {
+        &self.roots.trust_domains
+    }
+
+    /// Every root of the list, DER.
+    pub fn root_certs(&self) -> &[CertificateDer<'static>] {
+        &self.roots.certs
+    }
+
+    /// The chain we present: the leaf, then its intermediates.
+    pub fn leaf_chain(&self) -> &[CertificateDer<'static>] {
+        &self.leaf.certified_key.cert
+    }
+
+    /// The leaf chain and signing key, as the certificate resolvers hand them to rustls.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.leaf.certified_key
+    }
+
+    pub(crate) fn roots(&self) -> &Roots {
+        &self.roots
+    }
+}
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material")
+            .field("service_id", &self.leaf.id)
+            .field("serial", &self.leaf.serial)
+            .field("not_before", &self.leaf.not_before)
+            .field("not_after", &self.leaf.not_after)
+            .field("chain_len", &self.leaf.certified_key.cert.len())
+            .field("roots", &self.roots.ids)
+            .field("trust_domains", &self.roots.trust_domains)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current [`Material`] of a service, shared by its configurations and watches.
+///
+/// Readers (every handshake) take a lock-free snapshot with [`load`](Self::load); writers
+/// (the roots and leaf watches) publish a complete new `Material` with
+/// [`store`](Self::store). A handshake in progress keeps the snapshot it started with, and
+/// open connections are never affected.
+///
+/// ```
+/// use consul_connect::tls::MaterialCell;
+///
+/// let cell = MaterialCell::new();
+/// assert!(cell.load().is_none(), "not ready until the first leaf and roots arrive");
+/// ```
+#[derive(Default)]
+pub struct MaterialCell {
+    current: ArcSwapOption<Material>,
+}
+
+impl MaterialCell {
+    /// An empty cell: handshakes fail until material is stored.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes `material` for all following handshakes.
+    pub fn store(&self, material: impl Into<Arc<Material>>) {
+        self.current.store(Some(material.into()));
+    }
+
+    /// The current material, if any (lock-free).
+    pub fn load(&self) -> Option<Arc<Material>> {
+        self.current.load_full()
+    }
+}
+
+impl From<Material> for MaterialCell {
+    fn from(material: Material) -> Self {
+        let cell = Self::new();
+        cell.store(material);
+        cell
+    }
+}
+
+impl fmt::Debug for MaterialCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MaterialCell")
+            .field(&*self.current.load())
+            .finish()
+    }
+}
+
+/// Trusted roots, parsed once.
+pub(crate) struct Roots {
+    ids: Vec<String>,
+    certs: Vec<CertificateDer<'static>>,
+    anchors: Vec<TrustAnchor<'static>>,
+    trust_domains: Vec<TrustDomain>,
+}
+
+impl Roots {
+    fn from_list(list: &CaRootList) -> Result<Self, TlsError> {
+        if list.roots.is_empty() {
+            return Err(TlsError::NoRoots);
+        }
+        let mut trust_domains: Vec<TrustDomain> = Vec::new();
+        let mut add_trust_domain = |td: TrustDomain| {
+            if !trust_domains.contains(&td) {
+                trust_domains.push(td);
+            }
+        };
+        if !list.trust_domain.is_empty() {
+            let td = TrustDomain::new(&list.trust_domain).map_err(|source| {
+                TlsError::BadTrustDomain {
+                    trust_domain: list.trust_domain.clone(),
+                    source,
+                }
+            })?;
+            add_trust_domain(td);
+        }
+
+        let mut roots = Self {
+            ids: Vec::with_capacity(list.roots.len()),
+            certs: Vec::with_capacity(list.roots.len()),
+            anchors: Vec::with_capacity(list.roots.len()),
+            trust_domains: Vec::new(),
+        };
+        for root in &list.roots {
+            let bad = |reason: String| TlsError::BadRoot {
+                id: root.id.clone(),
+                reason,
+            };
+            let mut certs = pem_certs(&root.root_cert).map_err(bad)?;
+            let cert = match certs.len() {
+                1 => certs.remove(0),
+                n => return Err(bad(format!("RootCert holds {n} certificates, expected 1"))),
+            };
+            let anchor = webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|e| bad(format!("not usable as a trust anchor: {e}")))?
+                .to_owned();
+            let facts = CertFacts::parse(&cert).map_err(|e| bad(e.to_string()))?;
+            // A root names its trust domain with a signing-ID URI SAN. A user-supplied root
+            // may lack one; the list's TrustDomain then covers it.
+            for uri in &facts.uris {
+                match uri.parse::<SpiffeId>() {
+                    Ok(SpiffeId::Signing(id)) => add_trust_domain(id.trust_domain().clone()),
+                    Ok(SpiffeId::Service(id)) => {
+                        tracing::warn!(root = %root.id, %id, "CA root carries a service URI SAN; ignored");
+                    }
+                    Err(error) => {
+                        tracing::warn!(root = %root.id, %uri, %error, "CA root URI SAN is not a SPIFFE signing ID; ignored");
+                    }
+                }
+            }
+            roots.ids.push(root.id.clone());
+            roots.certs.push(cert);
+            roots.anchors.push(anchor);
+        }
+        if trust_domains.is_empty() {
+            return Err(TlsError::NoTrustDomain);
+        }
+        roots.trust_domains = trust_domains;
+        Ok(roots)
+    }
+
+    pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+
+    pub(crate) fn trust_domains(&self) -> &[TrustDomain] {
+        &self.trust_domains
+    }
+}
+
+/// Our own leaf, verified.
+struct Leaf {
+    certified_key: Arc<CertifiedKey>,
+    id: ServiceId,
+    serial: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Leaf {
+    fn from_api(leaf: &LeafCert, roots: &Roots, now: UnixTime) -> Result<Self, TlsError> {
+        let service = leaf.service.as_str();
+        let chain = pem_certs(&leaf.cert_pem).map_err(|reason| TlsError::BadLeafPem {
+            service: service.to_owned(),
+            reason,
+        })?;
+        if chain.is_empty() {
+            return Err(TlsError::BadLeafPem {
+                service: service.to_owned(),
+                reason: "CertPEM holds no certificate".to_owned(),
+            });
+        }
+        let bad_key = |reason: String| TlsError::BadPrivateKey {
+            service: service.to_owned(),
+            reason,
+        };
+        let key_der = rustls_pemfile::private_key(&mut leaf.private_key_pem.as_bytes())
+            .map_err(|e| bad_key(format!("unreadable PEM: {}", e.kind())))?
+            .ok_or_else(|| bad_key("PrivateKeyPEM holds no private key".to_owned()))?;
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| bad_key(e.to_string()))?;
+        let certified_key = Arc::new(CertifiedKey::new(chain, signing_key));
+        Self::verified(certified_key, service, roots, now)
+    }
+
+    /// Checks a leaf chain and key against `roots` at `now`.
+    fn verified(
+        certified_key: Arc<CertifiedKey>,
+        service: &str,
+        roots: &Roots,
+        now: UnixTime,
+    ) -> Result<Self, TlsError> {
+        let (end_entity, intermediates) = match certified_key.cert.split_first() {
+            Some(split) => split,
+            None => {
+                return Err(TlsError::BadLeafPem {
+                    service: service.to_owned(),
+                    reason: "CertPEM holds no certificate".to_owned(),
+                })
+            }
+        };
+        let facts = CertFacts::parse(end_entity).map_err(|source| TlsError::LeafRejected {
+            service: service.to_owned(),
+            serial: String::new(),
+            source: Box::new(source),
+        })?;
+        let rejected = |source| TlsError::LeafRejected {
+            service: service.to_owned(),
+            serial: facts.serial.clone(),
+            source: Box::new(source),
+        };
+        // We act as both client and server, so the leaf must pass both profiles.
+        let peer =
+            verify::verify_with_roots(roots, end_entity, intermediates, now, PeerRole::Client)
+                .map_err(rejected)?;
+        verify::verify_with_roots(roots, end_entity, intermediates, now, PeerRole::Server)
+            .map_err(rejected)?;
+        // An unknown consistency (a key that cannot say its public half) is refused too: a
+        // leaf is only published when we know the peer can check our signatures.
+        if certified_key.keys_match().is_err() {
+            return Err(TlsError::KeyMismatch {
+                service: service.to_owned(),
+            });
+        }
+        Ok(Self {
+            certified_key,
+            id: peer.id,
+            serial: peer.serial,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+        })
+    }
+}
+
+/// All `CERTIFICATE` blocks of a PEM text, in order; other block types are skipped.
+fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable PEM: {e}"))
+}
+
+pub(crate) fn unix_seconds(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,137 @@
+//! An embedded agent-sim and a raw HTTP client for checking status codes, headers and bodies
+//! exactly.
+
+use std::process::Command;
+use std::time::Duration;
+
+use agent_sim::Agent;
+use bytes::Bytes;
+use consul_connect::agent::AgentClient;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The cluster ID the tests fix, so trust domains are predictable.
+pub const CLUSTER_ID: &str = "11111111-2222-3333-4444-555555555555";
+/// The trust domain that follows from it.
+pub const TRUST_DOMAIN: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+/// Starts agent-sim on an ephemeral port with the fixed cluster ID.
+pub async fn start_agent() -> Agent {
+    Agent::builder()
+        .cluster_id(CLUSTER_ID)
+        .start()
+        .await
+        .expect("agent-sim starts")
+}
+
+/// An SDK client for `agent`.
+pub fn sdk_client(agent: &Agent) -> AgentClient {
+    AgentClient::new(&agent.addr().to_string()).expect("valid address")
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Answer {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// `X-Consul-Index` as a number.
+    pub fn index(&self) -> u64 {
+        self.header("X-Consul-Index")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no X-Consul-Index in {:?}", self.headers))
+    }
+}
+
+/// A raw HTTP client bound to one agent.
+#[derive(Clone)]
+pub struct Raw {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Raw {
+    /// A client for `agent`.
+    pub fn new(agent: &Agent) -> Self {
+        Self {
+            base: format!("http://{}", agent.addr()),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends `method path` with `body` and returns the whole answer.
+    pub async fn send(&self, method: &str, path: &str, body: &str) -> Answer {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .expect("answer within 60s")
+            .expect("HTTP exchange");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, "").await
+    }
+
+    /// PUT with a body.
+    pub async fn put(&self, path: &str, body: &str) -> Answer {
+        self.send("PUT", path, body).await
+    }
+
+    /// POST with a body.
+    pub async fn post(&self, path: &str, body: &str) -> Answer {
+        self.send("POST", path, body).await
+    }
+}
+
+/// Runs openssl with `args`; returns (success, stdout + stderr).
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "consul-connect-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
