@@ -478,7 +478,7 @@ mod tests {
                 matches!(e, E::Scheme { .. })
             }),
             (format!("spiffe{TD}"), |e| matches!(e, E::Scheme { .. })),
-            (format!("spiffe:///ns/default/dc/dc1/svc/web"), |e| {
+            ("spiffe:///ns/default/dc/dc1/svc/web".to_owned(), |e| {
                 matches!(e, E::EmptyTrustDomain { .. })
             }),
             ("spiffe://".into(), |e| {

@@ -1,6 +1,8 @@
 //! agent-sim's CA over HTTP: leaves openssl accepts, root rotation with cross-signing, and
 //! blocking queries on roots and leaves.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};

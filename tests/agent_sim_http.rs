@@ -1,6 +1,8 @@
 //! agent-sim answers as the captured Consul 1.4.5 agent did: status codes, messages and
 //! headers for good and bad requests, and discovery of Connect-capable instances.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The wire types read every body a real Consul 1.4.5 agent sent and write it back unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use consul_connect::api::{
