@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -45,6 +45,17 @@ pub enum RejectReason {
     /// Authorization refused the client or could not be had.
     #[error(transparent)]
     Authz(#[from] AuthzError),
+}
+
+/// A refused connection, as [`ConnectListener::rejections`] reports it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The client's identity, when its certificate got that far.
+    pub peer: Option<ServiceId>,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 /// Options of a [`ConnectListener`].
@@ -84,6 +95,7 @@ impl Default for ListenerConfig {
 /// ```
 pub struct ConnectListener {
     incoming: mpsc::Receiver<(ServerStream, ServiceId)>,
+    rejections: broadcast::Sender<Rejection>,
     local_addr: SocketAddr,
     task: JoinHandle<io::Error>,
 }
@@ -115,7 +127,9 @@ impl ConnectListener {
     ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, incoming) = mpsc::channel(64);
+        let (rejections, _) = broadcast::channel(256);
         let ctx = Arc::new(AcceptContext {
+            rejections: rejections.clone(),
             acceptor: TlsAcceptor::from(service.server_config()),
             authorizer: service.authorizer().clone(),
             // With an in-handshake authorizer the decision is already made by the verifier.
@@ -126,9 +140,16 @@ impl ConnectListener {
         let task = tokio::spawn(accept_loop(listener, ctx, tx, config.max_pending.max(1)));
         Ok(Self {
             incoming,
+            rejections,
             local_addr,
             task,
         })
+    }
+
+    /// Refused connections from now on (who and why), for audit logs and tests. Slow
+    /// receivers miss the oldest reports rather than slowing the listener.
+    pub fn rejections(&self) -> broadcast::Receiver<Rejection> {
+        self.rejections.subscribe()
     }
 
     /// The bound address.
@@ -153,6 +174,7 @@ impl Drop for ConnectListener {
 }
 
 struct AcceptContext {
+    rejections: broadcast::Sender<Rejection>,
     acceptor: TlsAcceptor,
     authorizer: Arc<dyn Authorizer>,
     authorize_after: bool,
@@ -187,48 +209,58 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(ctx.timeout, handshake(&ctx, tcp)).await {
+            let (reason, peer) = match tokio::time::timeout(ctx.timeout, handshake(&ctx, tcp)).await
+            {
                 Ok(Ok((stream, peer))) => {
                     tracing::debug!(%remote, %peer, target = %ctx.target, "Connect client accepted");
                     let _ = tx.send((stream, peer)).await;
+                    return;
                 }
-                Ok(Err(reason)) => {
-                    tracing::info!(%remote, target = %ctx.target, %reason, "Connect client refused");
-                }
-                Err(_) => {
-                    let reason = RejectReason::Timeout(ctx.timeout);
-                    tracing::info!(%remote, target = %ctx.target, %reason, "Connect client refused");
-                }
-            }
+                Ok(Err((reason, peer))) => (reason, peer),
+                Err(_) => (RejectReason::Timeout(ctx.timeout), None),
+            };
+            let who = peer
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "unknown".into());
+            tracing::info!(%remote, peer = %who, target = %ctx.target, %reason, "Connect client refused");
+            let _ = ctx.rejections.send(Rejection {
+                remote,
+                peer,
+                reason: reason.to_string(),
+            });
         });
     }
 }
 
+/// The handshake and authorization; on failure, why and (when known) who.
 async fn handshake(
     ctx: &AcceptContext,
     tcp: TcpStream,
-) -> Result<(ServerStream, ServiceId), RejectReason> {
+) -> Result<(ServerStream, ServiceId), (RejectReason, Option<ServiceId>)> {
     let _ = tcp.set_nodelay(true);
-    let stream = ctx
-        .acceptor
-        .accept(tcp)
-        .await
-        .map_err(|e| match VerifyError::from_io(&e) {
+    let stream = ctx.acceptor.accept(tcp).await.map_err(|e| {
+        let reason = match VerifyError::from_io(&e) {
             Some(v) => RejectReason::Verify(v),
             None => RejectReason::Handshake(e),
-        })?;
-    let peer = peer_identity(stream.get_ref().1).ok_or(RejectReason::NoIdentity)?;
+        };
+        (reason, None)
+    })?;
+    let peer = peer_identity(stream.get_ref().1).ok_or((RejectReason::NoIdentity, None))?;
     if ctx.authorize_after {
+        let id = peer.service_id().clone();
         let decision = ctx
             .authorizer
-            .authorize(&ctx.target, peer.service_id(), peer.serial())
-            .await?;
+            .authorize(&ctx.target, &id, peer.serial())
+            .await
+            .map_err(|e| (RejectReason::Authz(e), Some(id.clone())))?;
         if !decision.allowed {
-            return Err(RejectReason::Authz(AuthzError::Denied {
-                peer: peer.into_service_id(),
+            let denied = AuthzError::Denied {
+                peer: id.clone(),
                 target: ctx.target.clone(),
                 reason: decision.reason,
-            }));
+            };
+            return Err((RejectReason::Authz(denied), Some(id)));
         }
     }
     Ok((stream, peer.into_service_id()))

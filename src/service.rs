@@ -160,6 +160,7 @@ impl ConnectServiceBuilder {
             authorizer,
             fetched: Mutex::new(Fetched::default()),
             ready: watch::channel(false).0,
+            generation: watch::channel(0).0,
             stop,
         });
         shared.clone().spawn_watches(self.watch);
@@ -197,6 +198,8 @@ struct Shared {
     authorizer: Arc<dyn Authorizer>,
     fetched: Mutex<Fetched>,
     ready: watch::Sender<bool>,
+    /// Counts published materials, so callers can wait for a rotation.
+    generation: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
 
@@ -319,6 +322,19 @@ impl ConnectService {
         self.shared.cell.load()
     }
 
+    /// A receiver of the material generation: it changes each time new material (a renewed
+    /// leaf or new roots) is published.
+    ///
+    /// ```no_run
+    /// # async fn run(web: consul_connect::ConnectService) {
+    /// let mut updates = web.material_updates();
+    /// updates.changed().await.ok(); // the next rotation
+    /// # }
+    /// ```
+    pub fn material_updates(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
     /// A dialer for connecting to other services as this one.
     pub fn dialer(&self) -> ConnectDialer {
         ConnectDialer::new(self.clone())
@@ -431,6 +447,7 @@ impl Shared {
                     fetched.last_error = None;
                 }
                 self.ready.send_replace(true);
+                self.generation.send_modify(|g| *g += 1);
             }
             Err(e) => self.record_error(fetched, "material", e.to_string()),
         }

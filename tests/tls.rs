@@ -1,6 +1,8 @@
 //! The TLS layer in real handshakes over loopback TCP: what is accepted, what is refused and
 //! with which error on the refusing side, rotation, authorization and resumption.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io;
@@ -21,8 +23,8 @@ use rustls::{
     ProtocolVersion, ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use support::certs::{
-    now, roots, service_uri, unix, Intermediate, Issued, LeafSpec, TestCa, DC,
-    OTHER_TRUST_DOMAIN, TRUST_DOMAIN,
+    now, roots, service_uri, unix, Intermediate, Issued, LeafSpec, TestCa, DC, OTHER_TRUST_DOMAIN,
+    TRUST_DOMAIN,
 };
 use support::samples::Sample;
 use time::macros::datetime;
@@ -85,7 +87,11 @@ async fn tls12_client_with_certificate_is_accepted() {
     assert_eq!(client_side.version, Some(ProtocolVersion::TLSv1_2));
     assert_eq!(server_side.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(
-        server_side.peer.expect("client identity").service_id().to_string(),
+        server_side
+            .peer
+            .expect("client identity")
+            .service_id()
+            .to_string(),
         web_leaf.uri
     );
 }
@@ -114,8 +120,11 @@ async fn http11_only_client_negotiates_http11() {
 async fn client_without_certificate_is_refused() {
     let ca = TestCa::new(7);
     let db = Service::new(&roots(&[&ca]), &ca.leaf("db"));
-    let (server_side, client_side) =
-        handshake(db.server.clone(), plain_client(None, &[&rustls::version::TLS13], true)).await;
+    let (server_side, client_side) = handshake(
+        db.server.clone(),
+        plain_client(None, &[&rustls::version::TLS13], true),
+    )
+    .await;
     assert!(matches!(refused(server_side), VerifyError::NoCertificate));
     assert_eq!(alert(client_side), AlertDescription::CertificateRequired);
 }
@@ -148,7 +157,10 @@ async fn expired_leaf_is_refused() {
     let err = refused_client(&ca, &ca.issue(&spec)).await;
     match err {
         VerifyError::Expired { peer, not_after } => {
-            assert_eq!(peer.as_deref(), Some(service_uri(TRUST_DOMAIN, "web").as_str()));
+            assert_eq!(
+                peer.as_deref(),
+                Some(service_uri(TRUST_DOMAIN, "web").as_str())
+            );
             assert_eq!(not_after, spec.not_after);
         }
         other => panic!("{other:?}"),
@@ -256,7 +268,13 @@ async fn server_only_leaf_used_as_client_is_refused() {
     let leaf = ca.issue(&spec);
     let err = refused_client(&ca, &leaf).await;
     assert!(
-        matches!(err, VerifyError::BadKeyUsage { role: PeerRole::Client, .. }),
+        matches!(
+            err,
+            VerifyError::BadKeyUsage {
+                role: PeerRole::Client,
+                ..
+            }
+        ),
         "{err:?}"
     );
 
@@ -295,14 +313,17 @@ async fn server_presenting_another_service_is_refused_by_the_client() {
         ExpectedServer::new("api").with_datacenter("dc2"),
         ExpectedServer::new("api").with_namespace("other"),
     ] {
-        let (_, client_side) =
-            handshake(api.server.clone(), web.client.for_server(expected)).await;
-        assert!(matches!(refused(client_side), VerifyError::WrongService { .. }));
+        let (_, client_side) = handshake(api.server.clone(), web.client.for_server(expected)).await;
+        assert!(matches!(
+            refused(client_side),
+            VerifyError::WrongService { .. }
+        ));
     }
     // Names compare case-insensitively, as Consul's check does.
     let (_, client_side) = handshake(
         api.server.clone(),
-        web.client.for_server(ExpectedServer::new("API").with_datacenter("DC1")),
+        web.client
+            .for_server(ExpectedServer::new("API").with_datacenter("DC1")),
     )
     .await;
     client_side.expect("case-insensitive match");
@@ -314,7 +335,10 @@ async fn server_with_certificate_from_another_ca_is_refused_by_the_client() {
     let other = TestCa::new(8);
     let web = Service::new(&roots(&[&ca]), &ca.leaf("web"));
     let (_, client_side) = handshake(plain_server(&other.leaf("db")), web.dial("db")).await;
-    assert!(matches!(refused(client_side), VerifyError::UntrustedChain { .. }));
+    assert!(matches!(
+        refused(client_side),
+        VerifyError::UntrustedChain { .. }
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,10 +391,16 @@ async fn leaf_of_new_root_with_cross_signed_intermediate_is_accepted_by_old_root
     let (server_side, client_side) = handshake(db.server.clone(), web.dial("db")).await;
     let server_side = server_side.expect("old-root server accepts the cross-signed chain");
     client_side.expect("client accepts the old-root server");
-    assert_eq!(server_side.peer.expect("peer").service_id().to_string(), web_leaf.uri);
+    assert_eq!(
+        server_side.peer.expect("peer").service_id().to_string(),
+        web_leaf.uri
+    );
 
     // Rotated server, client that only knows the old root.
-    let api = Service::new(&r.both_roots(), &r.new.leaf("api").with_intermediate(&r.cross));
+    let api = Service::new(
+        &r.both_roots(),
+        &r.new.leaf("api").with_intermediate(&r.cross),
+    );
     let legacy = Service::new(&old_only, &r.old.leaf("legacy"));
     let (server_side, client_side) = handshake(api.server.clone(), legacy.dial("api")).await;
     server_side.expect("rotated server accepts the old-root client");
@@ -381,7 +411,10 @@ async fn leaf_of_new_root_with_cross_signed_intermediate_is_accepted_by_old_root
 async fn leaf_of_new_root_with_cross_signed_intermediate_is_accepted_by_new_root_peer() {
     let r = Rotation::new();
     let db = Service::new(&roots(&[&r.new]), &r.new.leaf("db"));
-    let web = Service::new(&r.both_roots(), &r.new.leaf("web").with_intermediate(&r.cross));
+    let web = Service::new(
+        &r.both_roots(),
+        &r.new.leaf("web").with_intermediate(&r.cross),
+    );
     let (server_side, client_side) = handshake(db.server.clone(), web.dial("db")).await;
     server_side.expect("new-root server accepts");
     client_side.expect("client accepts");
@@ -439,28 +472,41 @@ async fn rotation_by_store_applies_to_the_next_handshake_and_spares_open_connect
     // The roots watch fires: both services trust both roots before any new leaf is shown.
     for service in [&db, &web] {
         let current = service.cell.load().expect("material");
-        service
-            .cell
-            .store(current.with_roots(&r.both_roots(), UnixTime::now()).expect("same leaf, new roots"));
+        service.cell.store(
+            current
+                .with_roots(&r.both_roots(), UnixTime::now())
+                .expect("same leaf, new roots"),
+        );
     }
     // Then db's leaf watch delivers a leaf of the new root, presented with the cross-sign.
     let new_leaf = r.new.leaf("db").with_intermediate(&r.cross);
     let current = db.cell.load().expect("material");
-    db.cell
-        .store(current.with_leaf(&new_leaf.leaf_cert(), UnixTime::now()).expect("new leaf verifies"));
+    db.cell.store(
+        current
+            .with_leaf(&new_leaf.leaf_cert(), UnixTime::now())
+            .expect("new leaf verifies"),
+    );
 
-    let (mut second, second_side) = dial(web.dial("db"), server.addr).await.expect("second dial");
+    let (mut second, second_side) = dial(web.dial("db"), server.addr)
+        .await
+        .expect("second dial");
     assert_eq!(second_side.peer.expect("peer").serial(), new_leaf.serial());
     assert_ne!(first_serial, new_leaf.serial());
 
     // Same ServerConfig, same ClientConfig source: no rebuild was needed. The first
     // connection is untouched by the rotation.
-    echo(&mut first, b"still open after rotation").await.expect("old connection");
-    echo(&mut second, b"new connection").await.expect("new connection");
+    echo(&mut first, b"still open after rotation")
+        .await
+        .expect("old connection");
+    echo(&mut second, b"new connection")
+        .await
+        .expect("new connection");
 
     // A service that never saw the new roots still accepts db's new leaf (cross-signed).
     let legacy = Service::new(&old_only, &r.old.leaf("legacy"));
-    dial(legacy.dial("db"), server.addr).await.expect("old-root client");
+    dial(legacy.dial("db"), server.addr)
+        .await
+        .expect("old-root client");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,12 +517,21 @@ async fn rotation_by_store_applies_to_the_next_handshake_and_spares_open_connect
 fn material_refuses_a_leaf_that_does_not_chain_to_the_roots() {
     let ca = TestCa::new(7);
     let other = TestCa::new(8);
-    let err = Material::new(&roots(&[&ca]), &other.leaf("web").leaf_cert(), UnixTime::now())
-        .unwrap_err();
+    let err = Material::new(
+        &roots(&[&ca]),
+        &other.leaf("web").leaf_cert(),
+        UnixTime::now(),
+    )
+    .unwrap_err();
     match err {
-        TlsError::LeafRejected { service, source, .. } => {
+        TlsError::LeafRejected {
+            service, source, ..
+        } => {
             assert_eq!(service, "web");
-            assert!(matches!(*source, VerifyError::UntrustedChain { .. }), "{source:?}");
+            assert!(
+                matches!(*source, VerifyError::UntrustedChain { .. }),
+                "{source:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -485,7 +540,9 @@ fn material_refuses_a_leaf_that_does_not_chain_to_the_roots() {
     // material stays usable.
     let material = Material::new(&roots(&[&ca]), &ca.leaf("web").leaf_cert(), UnixTime::now())
         .expect("good material");
-    let err = material.with_roots(&roots(&[&other]), UnixTime::now()).unwrap_err();
+    let err = material
+        .with_roots(&roots(&[&other]), UnixTime::now())
+        .unwrap_err();
     assert!(matches!(err, TlsError::LeafRejected { .. }), "{err:?}");
     assert_eq!(material.service_id().service(), "web");
 }
@@ -508,16 +565,31 @@ fn material_refuses_empty_or_broken_input() {
 
     let mut no_roots = good_roots.clone();
     no_roots.roots.clear();
-    assert!(matches!(Material::new(&no_roots, &good_leaf, now), Err(TlsError::NoRoots)));
+    assert!(matches!(
+        Material::new(&no_roots, &good_leaf, now),
+        Err(TlsError::NoRoots)
+    ));
 
     let mut bad_root = good_roots.clone();
     bad_root.roots[0].root_cert = "not a certificate".to_owned();
-    assert!(matches!(Material::new(&bad_root, &good_leaf, now), Err(TlsError::BadRoot { .. })));
+    assert!(matches!(
+        Material::new(&bad_root, &good_leaf, now),
+        Err(TlsError::BadRoot { .. })
+    ));
 
-    let leaf = LeafCert { cert_pem: String::new(), ..good_leaf.clone() };
-    assert!(matches!(Material::new(&good_roots, &leaf, now), Err(TlsError::BadLeafPem { .. })));
+    let leaf = LeafCert {
+        cert_pem: String::new(),
+        ..good_leaf.clone()
+    };
+    assert!(matches!(
+        Material::new(&good_roots, &leaf, now),
+        Err(TlsError::BadLeafPem { .. })
+    ));
 
-    let leaf = LeafCert { private_key_pem: String::new(), ..good_leaf.clone() };
+    let leaf = LeafCert {
+        private_key_pem: String::new(),
+        ..good_leaf.clone()
+    };
     assert!(matches!(
         Material::new(&good_roots, &leaf, now),
         Err(TlsError::BadPrivateKey { .. })
@@ -532,7 +604,12 @@ fn material_debug_shows_no_key_material() {
     let cell = MaterialCell::from(material);
     let debug = format!("{cell:?}");
     assert!(debug.contains("web"), "{debug}");
-    let key_body: String = leaf.private_key_pem.lines().nth(1).expect("PEM body").to_owned();
+    let key_body: String = leaf
+        .private_key_pem
+        .lines()
+        .nth(1)
+        .expect("PEM body")
+        .to_owned();
     assert!(!debug.contains(&key_body), "{debug}");
     assert!(!debug.to_ascii_lowercase().contains("private"), "{debug}");
 }
@@ -548,7 +625,9 @@ async fn handshake_authorizer_denial_alerts_the_client_and_names_the_peer_on_the
     let calls: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let seen = calls.clone();
     let hook: Arc<dyn HandshakeAuthorizer> = Arc::new(move |peer: &ServiceId, serial: &str| {
-        seen.lock().expect("lock").push((peer.service().to_owned(), serial.to_owned()));
+        seen.lock()
+            .expect("lock")
+            .push((peer.service().to_owned(), serial.to_owned()));
         if peer.service() == "web" {
             Err("denied by intention web => db (deny)".to_owned())
         } else {
@@ -575,7 +654,10 @@ async fn handshake_authorizer_denial_alerts_the_client_and_names_the_peer_on_the
     // TLS 1.2: the handshake itself fails on the client.
     let tls12 = plain_client(Some(&web_leaf), &[&rustls::version::TLS12], true);
     let (server_side, client_side) = handshake(db.server.clone(), tls12).await;
-    assert!(matches!(refused(server_side), VerifyError::Unauthorized { .. }));
+    assert!(matches!(
+        refused(server_side),
+        VerifyError::Unauthorized { .. }
+    ));
     assert_eq!(alert(client_side), AlertDescription::CertificateUnknown);
 
     // Allowed clients pass, and the hook sees identity and serial.
@@ -705,7 +787,9 @@ fn real_consul_1_4_5_certificates_verify() {
     let id = verify_peer(&rotated, &db2[0], &db2[1..], now, PeerRole::Server).expect("db2");
     assert_eq!(id.service(), "db");
     // The old material keeps its leaf under the new roots.
-    material.with_roots(&roots2, now).expect("root 7 is still listed");
+    material
+        .with_roots(&roots2, now)
+        .expect("root 7 is still listed");
 }
 
 fn sample_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
@@ -909,7 +993,10 @@ fn refused(outcome: io::Result<Side>) -> VerifyError {
 
 fn alert(outcome: io::Result<Side>) -> AlertDescription {
     let err = outcome.expect_err("the peer should have sent an alert");
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::AlertReceived(alert)) => *alert,
         _ => panic!("expected a TLS alert, got {err:?}"),
     }
@@ -1001,6 +1088,8 @@ impl ServerCertVerifier for AcceptAnyServer {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -79,6 +79,13 @@ impl AgentBuilder {
         self
     }
 
+    /// The CA's private key (PEM, P-256), instead of a generated one: tests use it to forge
+    /// certificates the CA's own key signed.
+    pub fn ca_private_key(mut self, pem: impl Into<String>) -> Self {
+        self.ca.private_key = Some(pem.into());
+        self
+    }
+
     /// The clock for certificates and renewal (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

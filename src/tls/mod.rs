@@ -136,7 +136,9 @@ mod tests {
 
     fn now() -> UnixTime {
         UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            datetime!(2026-11-26 12:00 UTC).unix_timestamp().unsigned_abs(),
+            datetime!(2026-11-26 12:00 UTC)
+                .unix_timestamp()
+                .unsigned_abs(),
         ))
     }
 
@@ -228,7 +230,9 @@ mod tests {
             Err(TlsError::KeyMismatch { service }) if service == "web"
         ));
         let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            datetime!(2026-12-01 00:00 UTC).unix_timestamp().unsigned_abs(),
+            datetime!(2026-12-01 00:00 UTC)
+                .unix_timestamp()
+                .unsigned_abs(),
         ));
         let err = Material::new(&list, &web_leaf(), later).expect_err("expired");
         assert!(
@@ -260,8 +264,8 @@ mod tests {
 
     #[test]
     fn a_root_presented_as_leaf_is_a_ca() {
-        let material = Material::new(&roots(&[root("r1", ROOT1)]), &web_leaf(), now())
-            .expect("material");
+        let material =
+            Material::new(&roots(&[root("r1", ROOT1)]), &web_leaf(), now()).expect("material");
         let err = verify_peer(&material, &der(ROOT1), &[], now(), PeerRole::Client)
             .expect_err("a CA is not a leaf");
         assert!(matches!(err, VerifyError::IsCa { .. }), "{err:?}");
@@ -273,7 +277,10 @@ mod tests {
         assert!(!config.session_storage.can_cache());
         assert!(!config.ticketer.enabled());
         assert_eq!(config.send_tls13_tickets, 0);
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         assert_eq!(config.max_early_data_size, 0);
     }
 
@@ -283,10 +290,18 @@ mod tests {
         let config = client.for_server(ExpectedServer::new("db"));
         assert!(!config.enable_sni);
         assert!(!config.enable_early_data);
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         assert_eq!(
             format!("{:?}", config.resumption),
             format!("{:?}", rustls::client::Resumption::disabled())
+        );
+        assert_ne!(
+            format!("{:?}", config.resumption),
+            format!("{:?}", rustls::client::Resumption::default()),
+            "the comparison above can tell the two apart"
         );
     }
 }

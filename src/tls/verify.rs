@@ -670,14 +670,25 @@ mod tests {
     fn expected_server_matches_like_consul() {
         let db = id("spiffe://abc.consul/ns/default/dc/dc1/svc/db");
         assert!(ExpectedServer::new("db").matches(&db));
-        assert!(ExpectedServer::new("DB").with_namespace("Default").with_datacenter("DC1").matches(&db));
-        assert!(ExpectedServer::from(&id("spiffe://other.consul/ns/default/dc/dc1/svc/db")).matches(&db),
-            "the trust domain is not part of the expectation");
+        assert!(ExpectedServer::new("DB")
+            .with_namespace("Default")
+            .with_datacenter("DC1")
+            .matches(&db));
+        assert!(
+            ExpectedServer::from(&id("spiffe://other.consul/ns/default/dc/dc1/svc/db"))
+                .matches(&db),
+            "the trust domain is not part of the expectation"
+        );
         assert!(!ExpectedServer::new("web").matches(&db));
-        assert!(!ExpectedServer::new("db").with_datacenter("dc2").matches(&db));
+        assert!(!ExpectedServer::new("db")
+            .with_datacenter("dc2")
+            .matches(&db));
         assert!(!ExpectedServer::new("db").with_namespace("ops").matches(&db));
         assert!(!ExpectedServer::new("d").matches(&db));
-        assert_eq!(ExpectedServer::new("db").to_string(), "spiffe://*/ns/*/dc/*/svc/db");
+        assert_eq!(
+            ExpectedServer::new("db").to_string(),
+            "spiffe://*/ns/*/dc/*/svc/db"
+        );
         assert_eq!(
             ExpectedServer::from(&db).to_string(),
             "spiffe://*/ns/default/dc/dc1/svc/db"
@@ -696,7 +707,10 @@ mod tests {
             Some(VerifyError::WrongService { got, .. }) if got.service() == "api"
         ));
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
-        assert!(matches!(VerifyError::from_io(&io), Some(VerifyError::WrongService { .. })));
+        assert!(matches!(
+            VerifyError::from_io(&io),
+            Some(VerifyError::WrongService { .. })
+        ));
 
         assert!(matches!(
             VerifyError::from_rustls(&rustls::Error::NoCertificatesPresented),
@@ -717,7 +731,10 @@ mod tests {
             peer: id("spiffe://abc.consul/ns/default/dc/dc1/svc/web"),
             reason: "denied".to_owned(),
         };
-        assert_eq!(err.to_string(), "spiffe://abc.consul/ns/default/dc/dc1/svc/web is not authorized: denied");
+        assert_eq!(
+            err.to_string(),
+            "spiffe://abc.consul/ns/default/dc/dc1/svc/web is not authorized: denied"
+        );
     }
 
     fn facts(not_before: i64, not_after: i64, eku: Option<(bool, bool)>) -> CertFacts {
@@ -738,16 +755,33 @@ mod tests {
     #[test]
     fn webpki_time_errors_blame_the_right_certificate() {
         let now = at(1_000);
-        let expired = webpki::Error::CertExpired { time: now, not_after: at(900) };
+        let expired = webpki::Error::CertExpired {
+            time: now,
+            not_after: at(900),
+        };
         // The leaf itself expired.
         let err = map_webpki_error(expired.clone(), &facts(0, 900, None), now, PeerRole::Client);
-        assert!(matches!(err, VerifyError::Expired { peer: Some(_), .. }), "{err:?}");
+        assert!(
+            matches!(err, VerifyError::Expired { peer: Some(_), .. }),
+            "{err:?}"
+        );
         // The leaf is fine: an intermediate expired.
         let err = map_webpki_error(expired, &facts(0, 2_000, None), now, PeerRole::Client);
-        assert!(matches!(&err, VerifyError::UntrustedChain { reason, .. } if reason.contains("intermediate")), "{err:?}");
+        assert!(
+            matches!(&err, VerifyError::UntrustedChain { reason, .. } if reason.contains("intermediate")),
+            "{err:?}"
+        );
 
-        let early = webpki::Error::CertNotValidYet { time: now, not_before: at(1_100) };
-        let err = map_webpki_error(early.clone(), &facts(1_100, 2_000, None), now, PeerRole::Client);
+        let early = webpki::Error::CertNotValidYet {
+            time: now,
+            not_before: at(1_100),
+        };
+        let err = map_webpki_error(
+            early.clone(),
+            &facts(1_100, 2_000, None),
+            now,
+            PeerRole::Client,
+        );
         assert!(matches!(err, VerifyError::NotYetValid { .. }), "{err:?}");
         let err = map_webpki_error(early, &facts(0, 2_000, None), now, PeerRole::Client);
         assert!(matches!(err, VerifyError::UntrustedChain { .. }), "{err:?}");
@@ -759,7 +793,16 @@ mod tests {
         let eku = || webpki::Error::EmptyEkuExtension;
         let server_only = facts(0, 2_000, Some((false, true)));
         let err = map_webpki_error(eku(), &server_only, now, PeerRole::Client);
-        assert!(matches!(err, VerifyError::BadKeyUsage { role: PeerRole::Client, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                VerifyError::BadKeyUsage {
+                    role: PeerRole::Client,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         // The leaf allows the role, so the complaint was about an intermediate.
         let err = map_webpki_error(eku(), &server_only, now, PeerRole::Server);
         assert!(matches!(err, VerifyError::UntrustedChain { .. }), "{err:?}");
@@ -782,7 +825,12 @@ mod tests {
             assert!(matches!(err, VerifyError::UntrustedChain { .. }), "{err:?}");
         }
         assert!(matches!(
-            map_webpki_error(webpki::Error::CaUsedAsEndEntity, &f, at(1_000), PeerRole::Server),
+            map_webpki_error(
+                webpki::Error::CaUsedAsEndEntity,
+                &f,
+                at(1_000),
+                PeerRole::Server
+            ),
             VerifyError::IsCa { .. }
         ));
     }
