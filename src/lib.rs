@@ -38,3 +38,8 @@ pub use listener::ConnectListener;
 pub use resolve::{CatalogResolver, Resolver, StaticResolver};
 pub use service::ConnectService;
 pub use spiffe::{ServiceId, SpiffeId};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -255,6 +256,9 @@ async fn handshake(
             .await
             .map_err(|e| (RejectReason::Authz(e), Some(id.clone())))?;
         if !decision.allowed {
+            // Close cleanly (close_notify) so the client sees an orderly refusal, not a reset.
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             let denied = AuthzError::Denied {
                 peer: id.clone(),
                 target: ctx.target.clone(),
