@@ -542,6 +542,9 @@ pub struct WatchConfig {
     /// Shortest time between two requests, so an endpoint that answers at once is not
     /// hammered.
     pub min_interval: Duration,
+    /// Time between two requests to an endpoint that sends no `X-Consul-Index` and so cannot
+    /// block (Consul 1.4's intention match): the watch polls it.
+    pub poll_interval: Duration,
 }
 
 impl Default for WatchConfig {
@@ -551,6 +554,7 @@ impl Default for WatchConfig {
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             min_interval: Duration::from_millis(50),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -580,7 +584,8 @@ pub enum WatchEvent<T> {
 
 /// Runs a blocking-query loop until `stop` turns true: calls `fetch` with the last index,
 /// reports each new value or error to `on_event`, backs off on errors, resets the index when it
-/// goes backwards (an agent restart), and keeps at least `min_interval` between requests.
+/// goes backwards (an agent restart), and keeps at least `min_interval` between requests. An
+/// endpoint that sends no index is polled every `poll_interval`, each answer reported.
 pub async fn run_watch<T, F, Fut>(
     config: WatchConfig,
     mut stop: watch::Receiver<bool>,
@@ -616,10 +621,15 @@ pub async fn run_watch<T, F, Fut>(
                 } else {
                     got.index.max(1)
                 };
+                let interval = if got.index == 0 {
+                    config.poll_interval
+                } else {
+                    config.min_interval
+                };
                 if changed {
                     on_event(WatchEvent::Update(got));
                 }
-                config.min_interval.saturating_sub(started.elapsed())
+                interval.saturating_sub(started.elapsed())
             }
             Err(e) => {
                 errors = errors.saturating_add(1);

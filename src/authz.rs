@@ -133,6 +133,8 @@ struct IntentionsState {
     default: DefaultDecision,
     matches: ArcSwap<Option<Vec<Intention>>>,
     loaded: watch::Sender<bool>,
+    /// Bumped each time the matched list changes.
+    generation: watch::Sender<u64>,
 }
 
 impl fmt::Debug for IntentionsAuthorizer {
@@ -164,6 +166,7 @@ impl IntentionsAuthorizer {
             default,
             matches: ArcSwap::from_pointee(None),
             loaded: watch::channel(false).0,
+            generation: watch::channel(0).0,
         });
         let (stop, stopped) = watch::channel(false);
         let watcher = state.clone();
@@ -179,7 +182,11 @@ impl IntentionsAuthorizer {
                 },
                 |event| match event {
                     WatchEvent::Update(list) => {
-                        watcher.matches.store(Arc::new(Some(list.value)));
+                        let same = watcher.matches.load().as_ref().as_ref() == Some(&list.value);
+                        if !same {
+                            watcher.matches.store(Arc::new(Some(list.value)));
+                            watcher.generation.send_modify(|g| *g += 1);
+                        }
                         watcher.loaded.send_replace(true);
                     }
                     WatchEvent::Error(e) => {
@@ -196,6 +203,11 @@ impl IntentionsAuthorizer {
     pub async fn loaded(&self) {
         let mut loaded = self.state.loaded.subscribe();
         let _ = loaded.wait_for(|l| *l).await;
+    }
+
+    /// A receiver that changes each time the intentions list for the target changes.
+    pub fn updates(&self) -> watch::Receiver<u64> {
+        self.state.generation.subscribe()
     }
 
     fn decide(&self, peer: &ServiceId) -> Authorization {

@@ -122,6 +122,49 @@ impl TestCa {
         }
     }
 
+    /// A CA from an existing root and its key (e.g. agent-sim's, started with a known key), to
+    /// forge leaves that the real CA's key signed.
+    pub fn from_pem(root_pem: &str, key_pem: &str, trust_domain: &str) -> Self {
+        let key = KeyPair::from_pem(key_pem).expect("CA key PEM");
+        let der = rustls_pemfile::certs(&mut root_pem.as_bytes())
+            .next()
+            .expect("one certificate")
+            .expect("root DER");
+        // Only what issuing needs: the subject (leaves' issuer) and the key identifier.
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("root parses");
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .expect("root CN")
+            .to_owned();
+        let mut params = CertificateParams::default();
+        // Go (and agent-sim) write the CN as a PrintableString; issuer names compare byte-wise.
+        let cn = rcgen::DnValue::PrintableString(cn.as_str().try_into().expect("printable CN"));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        if let Some(ski) = cert
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+        {
+            params.key_identifier_method = KeyIdMethod::PreSpecified(ski);
+        }
+        Self {
+            serial: 0,
+            trust_domain: trust_domain.to_owned(),
+            params,
+            key,
+            der,
+            pem: root_pem.to_owned(),
+        }
+    }
+
     /// The issuer handle rcgen signs with.
     pub fn issuer(&self) -> Issuer<'_, &KeyPair> {
         Issuer::from_params(&self.params, &self.key)

@@ -1,0 +1,634 @@
+//! The SDK against an embedded agent-sim over real HTTP and real TLS: authorization,
+//! rejection of bad peers, rotation, and agent failures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sim::Agent;
+use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::api::Intention;
+use consul_connect::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
+use consul_connect::dialer::{AttemptError, DialError};
+use consul_connect::intentions::DefaultDecision;
+use consul_connect::listener::Rejection;
+use consul_connect::tls::{peer_identity, VerifyError};
+use consul_connect::{ConnectListener, ConnectService, StaticResolver};
+use rustls::pki_types::ServerName;
+use support::agent::{sdk_client, start_agent, Raw, TRUST_DOMAIN};
+use support::certs::{LeafSpec, TestCa};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::broadcast;
+
+const READY: Duration = Duration::from_secs(10);
+
+fn fast_watch() -> WatchConfig {
+    WatchConfig {
+        wait: Duration::from_secs(30),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        min_interval: Duration::from_millis(5),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+async fn service(agent: &AgentClient, name: &str) -> ConnectService {
+    let service = ConnectService::builder(name)
+        .agent(agent.clone())
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    service.ready_timeout(READY).await.unwrap();
+    service
+}
+
+/// An echo server for `service`; returns its address and its rejection reports.
+async fn echo_server(service: &ConnectService) -> (SocketAddr, broadcast::Receiver<Rejection>) {
+    let mut listener = ConnectListener::bind(service, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let rejections = listener.rejections();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let serial = peer_identity(stream.get_ref().1)
+                    .map(|p| p.serial().to_owned())
+                    .unwrap_or_default();
+                let (read, mut write) = tokio::io::split(stream);
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // Answers with the line, the client's service and its leaf serial.
+                    let answer = format!("{line} from {} serial {serial}\n", peer.service());
+                    if write.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rejections)
+}
+
+/// A connected line exchange.
+struct Conn {
+    lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<consul_connect::dialer::ClientStream>>>,
+    write: tokio::io::WriteHalf<consul_connect::dialer::ClientStream>,
+}
+
+impl Conn {
+    async fn open(
+        client: &ConnectService,
+        addr: SocketAddr,
+        server: &str,
+    ) -> Result<Conn, DialError> {
+        let stream = client
+            .dialer()
+            .dial(&StaticResolver::new(addr.to_string(), server))
+            .await?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(Conn {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    /// Sends a line; `None` when the server closed the connection instead of answering.
+    async fn ask(&mut self, line: &str) -> Option<String> {
+        self.write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .ok()?;
+        self.lines.next_line().await.ok().flatten()
+    }
+}
+
+async fn create_intention(
+    agent: &AgentClient,
+    source: &str,
+    destination: &str,
+    action: &str,
+) -> String {
+    let ixn: Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": source, "DestinationName": destination, "Action": action,
+    }))
+    .unwrap();
+    agent.create_intention(&ixn).await.unwrap()
+}
+
+async fn next_rejection(rejections: &mut broadcast::Receiver<Rejection>) -> Rejection {
+    tokio::time::timeout(Duration::from_secs(5), rejections.recv())
+        .await
+        .expect("a rejection is reported")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_by_default_then_denied_by_an_intention() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let (addr, mut rejections) = echo_server(&db).await;
+
+    let mut conn = Conn::open(&web, addr, "db").await.unwrap();
+    let answer = conn.ask("ping").await.unwrap();
+    assert!(answer.starts_with("ping from web serial "), "{answer}");
+
+    let id = create_intention(&client, "web", "db", "deny").await;
+    // The open connection is not re-authorized (as in Consul); a new one is refused.
+    assert!(conn.ask("still there").await.is_some());
+    let mut denied = Conn::open(&web, addr, "db").await.unwrap();
+    assert_eq!(
+        denied.ask("ping").await,
+        None,
+        "no application byte after a deny"
+    );
+    let rejection = next_rejection(&mut rejections).await;
+    assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
+    assert!(
+        rejection.reason.contains(&format!(
+            "Matched intention: DENY default/web => default/db (ID: {id}, Precedence: 9)"
+        )),
+        "{}",
+        rejection.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_deny_is_the_default_and_exact_allow_wins() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+    let (addr, mut rejections) = echo_server(&db).await;
+    create_intention(&client, "*", "*", "deny").await;
+    create_intention(&client, "web", "db", "allow").await;
+
+    assert!(Conn::open(&web, addr, "db")
+        .await
+        .unwrap()
+        .ask("hi")
+        .await
+        .is_some());
+    assert_eq!(
+        Conn::open(&api, addr, "db").await.unwrap().ask("hi").await,
+        None
+    );
+    let rejection = next_rejection(&mut rejections).await;
+    assert!(
+        rejection.reason.contains("DENY default/* => default/*"),
+        "{}",
+        rejection.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intentions_authorizer_refuses_inside_the_handshake() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let authz = Arc::new(IntentionsAuthorizer::start_with(
+        client.clone(),
+        "db",
+        DefaultDecision::AclsDisabled,
+        fast_watch(),
+    ));
+    authz.loaded().await;
+    let db = ConnectService::builder("db")
+        .agent(client.clone())
+        .authorizer(authz.clone())
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    db.ready_timeout(READY).await.unwrap();
+    let web = service(&client, "web").await;
+    let (addr, mut rejections) = echo_server(&db).await;
+    assert!(Conn::open(&web, addr, "db")
+        .await
+        .unwrap()
+        .ask("hi")
+        .await
+        .is_some());
+
+    let mut updates = authz.updates();
+    updates.borrow_and_update();
+    create_intention(&client, "web", "db", "deny").await;
+    tokio::time::timeout(Duration::from_secs(5), updates.changed())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The client may finish its side of a TLS 1.3 handshake before the alert arrives; either
+    // way no answer comes back.
+    if let Ok(mut conn) = Conn::open(&web, addr, "db").await {
+        assert_eq!(conn.ask("hi").await, None);
+    }
+    let rejection = next_rejection(&mut rejections).await;
+    assert!(
+        rejection.reason.contains("not authorized"),
+        "{}",
+        rejection.reason
+    );
+    assert!(
+        rejection
+            .reason
+            .contains("Matched intention: DENY default/web => default/db"),
+        "{}",
+        rejection.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_intentions_authorizers_agree() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let intentions = [
+        ("web", "db", "allow"),
+        ("*", "db", "deny"),
+        ("api", "*", "allow"),
+        ("*", "cache", "allow"),
+        ("admin", "*", "deny"),
+        ("web", "cache", "deny"),
+    ];
+    for (s, d, a) in intentions {
+        create_intention(&client, s, d, a).await;
+    }
+    let agent_authz = AgentAuthorizer::new(client.clone());
+    let sources = ["web", "api", "admin", "batch", "Web"];
+    let targets = ["db", "cache", "queue", "DB"];
+    let mut compared = 0;
+    for target in targets {
+        let local = IntentionsAuthorizer::start_with(
+            client.clone(),
+            target,
+            DefaultDecision::AclsDisabled,
+            fast_watch(),
+        );
+        local.loaded().await;
+        for source in sources {
+            let peer: consul_connect::ServiceId =
+                format!("spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/{source}")
+                    .parse()
+                    .unwrap();
+            let remote = agent_authz.authorize(target, &peer, "01").await.unwrap();
+            let here = local.authorize(target, &peer, "01").await.unwrap();
+            assert_eq!(remote, here, "{source} -> {target}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 20);
+}
+
+/// A raw rustls client presenting `chain` (or nothing) to `addr`; returns whether the server
+/// answered a line.
+async fn raw_client(addr: SocketAddr, identity: Option<&support::certs::Issued>) -> bool {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer));
+    let config = match identity {
+        Some(issued) => builder
+            .with_client_auth_cert(issued.chain.clone(), issued.private_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let Ok(stream) = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+    else {
+        return false;
+    };
+    let (read, mut write) = tokio::io::split(stream);
+    if write.write_all(b"hi\n").await.is_err() {
+        return false;
+    }
+    matches!(BufReader::new(read).lines().next_line().await, Ok(Some(_)))
+}
+
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_certificates_are_refused_with_the_reason() {
+    // agent-sim with a known CA key, so the test can forge leaves the real CA key signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let agent = Agent::builder()
+        .cluster_id(support::agent::CLUSTER_ID)
+        .ca_private_key(ca_key.serialize_pem())
+        .start()
+        .await
+        .unwrap();
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let (addr, mut rejections) = echo_server(&db).await;
+    let roots = Raw::new(&agent)
+        .get("/v1/agent/connect/ca/roots")
+        .await
+        .json();
+    let root_pem = roots["Roots"][0]["RootCert"].as_str().unwrap();
+    let real_ca = TestCa::from_pem(root_pem, &ca_key.serialize_pem(), TRUST_DOMAIN);
+    let other_ca = TestCa::new(77);
+
+    let good = real_ca.leaf("web");
+    let accepted = raw_client(addr, Some(&good)).await;
+    if !accepted {
+        panic!(
+            "a leaf the CA key signed is refused: {:?}",
+            next_rejection(&mut rejections).await
+        );
+    }
+
+    let wrong_td = real_ca.issue(&LeafSpec::consul(
+        "99999999-8888-7777-6666-555555555555.consul",
+        "web",
+    ));
+    let cases: Vec<(&str, Option<support::certs::Issued>, &str)> = vec![
+        ("no client certificate", None, "no certificate"),
+        (
+            "another CA",
+            Some(other_ca.leaf("web")),
+            "does not chain to a trusted ca root",
+        ),
+        (
+            "self-signed",
+            Some(LeafSpec::consul(TRUST_DOMAIN, "web").self_signed()),
+            "does not chain to a trusted ca root",
+        ),
+        ("wrong trust domain", Some(wrong_td), "trust domain"),
+    ];
+    for (name, identity, expected) in cases {
+        assert!(
+            !raw_client(addr, identity.as_ref()).await,
+            "{name}: accepted"
+        );
+        let rejection = next_rejection(&mut rejections).await;
+        assert!(
+            rejection.reason.to_lowercase().contains(expected),
+            "{name}: reason {:?} lacks {expected:?}",
+            rejection.reason
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_presenting_another_service_is_refused() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let (addr, _) = echo_server(&db).await;
+    let err = match Conn::open(&web, addr, "cache").await {
+        Ok(_) => panic!("dialing cache reached db"),
+        Err(e) => e,
+    };
+    match &err {
+        DialError::Failed { target, attempts } => {
+            assert_eq!(target, "cache");
+            assert!(
+                matches!(
+                    &attempts[..],
+                    [(_, AttemptError::Verify(VerifyError::WrongService { .. }))]
+                ),
+                "{err}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        err.to_string().contains("db"),
+        "the error names who answered: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_leaf_is_never_used() {
+    // The agent's clock is four days behind: every leaf it issues is already expired.
+    let clock = Arc::new(agent_sim::clock::ManualClock::new(
+        time::OffsetDateTime::now_utc() - Duration::from_secs(4 * 24 * 3600),
+    ));
+    let agent = Agent::builder().clock(clock).start().await.unwrap();
+    let client = sdk_client(&agent);
+    let web = ConnectService::builder("web")
+        .agent(client)
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    let err = web.ready_timeout(Duration::from_secs(2)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("a leaf valid under the roots"), "{text}");
+    assert!(text.to_lowercase().contains("expired"), "{text}");
+    assert!(web.material().is_none());
+}
+
+async fn rotate(agent: &Agent) {
+    let put = Raw::new(agent)
+        .put(
+            "/v1/connect/ca/configuration",
+            r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+}
+
+/// Waits until the service publishes material with another leaf serial than `serial`.
+async fn wait_for_new_leaf(service: &ConnectService, serial: &str) {
+    let mut updates = service.material_updates();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while service.status().leaf_serial.as_deref() == Some(serial) {
+            updates.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a new leaf is published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaf_rotation_keeps_open_connections_and_uses_the_new_leaf() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let (addr, _) = echo_server(&db).await;
+    let old_serial = web.status().leaf_serial.unwrap();
+    let mut open = Conn::open(&web, addr, "db").await.unwrap();
+    assert!(open
+        .ask("before")
+        .await
+        .unwrap()
+        .ends_with(&format!("serial {old_serial}")));
+
+    rotate(&agent).await;
+    wait_for_new_leaf(&web, &old_serial).await;
+    let new_serial = web.status().leaf_serial.unwrap();
+    assert_ne!(new_serial, old_serial);
+
+    let answer = open
+        .ask("after")
+        .await
+        .expect("the open connection survives the rotation");
+    assert!(
+        answer.ends_with(&format!("serial {old_serial}")),
+        "{answer}"
+    );
+    let mut fresh = Conn::open(&web, addr, "db").await.unwrap();
+    let answer = fresh.ask("new").await.unwrap();
+    assert!(
+        answer.ends_with(&format!("serial {new_serial}")),
+        "the next handshake uses the new leaf: {answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_old_and_new_leaves_talk_both_ways() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let fresh = service(&client, "fresh").await;
+    let stale = service(&client, "stale").await;
+    // `stale` stops watching: it keeps the old leaf and trusts only the old root.
+    stale.shutdown();
+    let stale_serial = stale.status().leaf_serial.unwrap();
+    let fresh_serial = fresh.status().leaf_serial.unwrap();
+    let (fresh_addr, _) = echo_server(&fresh).await;
+    let (stale_addr, _) = echo_server(&stale).await;
+
+    rotate(&agent).await;
+    wait_for_new_leaf(&fresh, &fresh_serial).await;
+    assert_eq!(
+        fresh.material().unwrap().leaf_chain().len(),
+        2,
+        "new leaf + cross-signed root"
+    );
+    assert_eq!(stale.status().leaf_serial.unwrap(), stale_serial);
+
+    let from_fresh = Conn::open(&fresh, stale_addr, "stale")
+        .await
+        .unwrap()
+        .ask("a")
+        .await;
+    assert!(from_fresh.is_some(), "new leaf -> old leaf");
+    let from_stale = Conn::open(&stale, fresh_addr, "fresh")
+        .await
+        .unwrap()
+        .ask("b")
+        .await;
+    assert!(
+        from_stale.is_some(),
+        "old leaf -> new leaf (through the cross-signed root)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_agent_at_start_is_reported() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let web = ConnectService::builder("web")
+        .agent(AgentClient::new(&addr.to_string()).unwrap())
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    let err = web
+        .ready_timeout(Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("CA roots"), "{text}");
+    assert!(text.contains("cannot reach the Consul agent"), "{text}");
+    let status = web.status();
+    assert!(!status.ready);
+    assert!(status.last_error.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn material_keeps_serving_when_the_agent_goes_away() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let authz = Arc::new(IntentionsAuthorizer::start_with(
+        client.clone(),
+        "db",
+        DefaultDecision::AclsDisabled,
+        fast_watch(),
+    ));
+    authz.loaded().await;
+    let db = ConnectService::builder("db")
+        .agent(client.clone())
+        .authorizer(authz)
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    db.ready_timeout(READY).await.unwrap();
+    let web = service(&client, "web").await;
+    let (addr, _) = echo_server(&db).await;
+    let serial = web.status().leaf_serial.unwrap();
+
+    agent.shutdown().await;
+    // Wait for the watches to notice the agent is gone.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while web.status().last_error.is_none() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the watch failure is reported");
+    let status = web.status();
+    assert!(status.ready);
+    assert_eq!(status.leaf_serial.as_deref(), Some(serial.as_str()));
+    assert!(status.last_error.unwrap().message.contains("cannot reach"));
+    let answer = Conn::open(&web, addr, "db")
+        .await
+        .unwrap()
+        .ask("still")
+        .await;
+    assert!(
+        answer.is_some(),
+        "existing material and in-process intentions keep serving"
+    );
+}
