@@ -271,14 +271,24 @@ fn default_decision() -> DefaultDecision {
     DefaultDecision::AclsDisabled
 }
 
-/// `?source=` and `?destination=` of the `exact` API.
-fn exact_names(query: &Query) -> Result<((String, String), (String, String)), ApiError> {
+/// `?source=` and `?destination=` of the `exact` API: each exactly once (and, for writes,
+/// not empty), else a 500 with the bare message, as Consul answers.
+fn exact_names(
+    query: &Query,
+    write: bool,
+) -> Result<((String, String), (String, String)), ApiError> {
     let get = |key: &str| {
-        let value = query.get(key).ok_or_else(|| {
-            ApiError::BadRequestPrefixed(format!("required query parameter '{key}' not set"))
-        })?;
+        let values: Vec<&str> = query.all(key).collect();
+        let value = match values.as_slice() {
+            [v] if !(write && v.is_empty()) => *v,
+            _ => {
+                return Err(ApiError::Internal(format!(
+                    "required query parameter '{key}' not set"
+                )))
+            }
+        };
         parse_entry(value)
-            .map_err(|e| ApiError::BadRequestPrefixed(format!("{key} {value:?} is invalid: {e}")))
+            .map_err(|e| ApiError::Internal(format!("{key} {value:?} is invalid: {e}")))
     };
     Ok((get("source")?, get("destination")?))
 }
@@ -301,7 +311,7 @@ fn find_exact(
 
 async fn exact_get(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
-    let (src, dst) = exact_names(&query)?;
+    let (src, dst) = exact_names(&query, false)?;
     let ixn = app
         .store
         .read(|inner| find_exact(inner.intentions.set(), &src, &dst))
@@ -315,7 +325,7 @@ async fn exact_put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
-    let (src, dst) = exact_names(&query)?;
+    let (src, dst) = exact_names(&query, true)?;
     let mut ixn = decode_intention(&body)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
     ixn.source_ns = src.0.clone();
@@ -346,7 +356,7 @@ async fn exact_put(
 
 async fn exact_delete(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
-    let (src, dst) = exact_names(&query)?;
+    let (src, dst) = exact_names(&query, true)?;
     app.store.write(|inner, index, changes| {
         if let Some(existing) = find_exact(inner.intentions.set(), &src, &dst) {
             inner.intentions.apply(
