@@ -158,7 +158,14 @@ async fn rotation_cross_signs_and_old_leaves_stay_valid() {
     let config = raw.get("/v1/connect/ca/configuration").await.json();
     assert_eq!(config["Config"]["PrivateKey"], "hidden");
 
-    let new_leaf = raw.get("/v1/agent/connect/ca/leaf/web").await.json();
+    // The cached leaf is re-issued within the rotation jitter window: wait for it.
+    let old_index = old_leaf["ModifyIndex"].as_u64().unwrap();
+    let new_leaf = raw
+        .get(&format!(
+            "/v1/agent/connect/ca/leaf/web?index={old_index}&wait=10s"
+        ))
+        .await
+        .json();
     assert_ne!(
         new_leaf["SerialNumber"], old_leaf["SerialNumber"],
         "a rotation re-issues the leaf"

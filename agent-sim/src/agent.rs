@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cache::{CacheSettings, ConnectCache, EvictorHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::http::{router, AppState};
 use crate::state::{CaSettings, Store, StoreSettings};
@@ -45,10 +46,24 @@ pub struct AgentBuilder {
     datacenter: String,
     node_name: String,
     ca: CaSettings,
+    cache: CacheSettings,
     clock: Arc<dyn Clock>,
 }
 
 impl AgentBuilder {
+    /// Evict agent-cache entries unread for this long (default 72 h, as Consul).
+    pub fn cache_unused_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.unused_ttl = ttl;
+        self
+    }
+
+    /// After a root rotation, cached leaves are re-issued at a random point within this window
+    /// (Consul uses 30 s; the default here is 500 ms).
+    pub fn rotation_jitter(mut self, window: Duration) -> Self {
+        self.cache.rotation_jitter = window;
+        self
+    }
+
     /// Listen on this address (default `127.0.0.1:0`, an ephemeral port).
     pub fn http_addr(mut self, addr: SocketAddr) -> Self {
         self.http_addr = addr;
@@ -113,8 +128,11 @@ impl AgentBuilder {
             ca: self.ca,
         };
         let store = Arc::new(Store::new(settings, self.clock)?);
+        let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
+        let evictor = cache.start_evictor();
         let app = router(AppState {
             store: store.clone(),
+            cache: cache.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -129,6 +147,8 @@ impl AgentBuilder {
         Ok(Agent {
             addr,
             store,
+            cache,
+            _evictor: evictor,
             stop: Some(stop),
             task,
         })
@@ -139,6 +159,8 @@ impl AgentBuilder {
 pub struct Agent {
     addr: SocketAddr,
     store: Arc<Store>,
+    cache: Arc<ConnectCache>,
+    _evictor: EvictorHandle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -151,6 +173,7 @@ impl Agent {
             datacenter: "dc1".into(),
             node_name: "agent-sim".into(),
             ca: CaSettings::default(),
+            cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
         }
     }
@@ -163,6 +186,11 @@ impl Agent {
     /// The state store, for tests that inspect or drive state directly.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The agent cache, for tests that inspect it.
+    pub fn cache(&self) -> &Arc<ConnectCache> {
+        &self.cache
     }
 
     /// Stops serving: open blocking queries end and the listener closes.

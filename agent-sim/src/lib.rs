@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod cache;
 pub mod clock;
 pub mod duration;
 pub mod http;

@@ -12,9 +12,9 @@ use consul_connect::api::CaConfiguration;
 use consul_connect::spiffe::ServiceId;
 use tokio::time::Instant;
 
-use super::{allow, decode_body, ApiError, AppState, Json, Query};
-use crate::state::leaf::IssuedLeaf;
-use crate::state::{Store, Table};
+use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
+use crate::cache::wait_for;
+use crate::state::Table;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -34,21 +34,27 @@ pub(super) fn routes() -> Router<AppState> {
         )
 }
 
-async fn agent_roots(app: State<AppState>, query: Query) -> Result<Response, ApiError> {
-    Ok(roots_answer(app, &query)
-        .await?
-        .header("X-Cache", "MISS")
+async fn agent_roots(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let blocking = query.blocking()?;
+    query.datacenter(&app.store)?;
+    let lookup = app.cache.roots(&app.partition(&token));
+    let (index, roots) = match blocking {
+        Some(_) => read_entry(lookup.value, blocking).await?,
+        None => crate::cache::caught_up(lookup.value, app.store.current_index(Table::Roots))
+            .await
+            .ok_or_else(|| ApiError::Internal("agent cache: no roots fetched".into()))?,
+    };
+    Ok(Json::new(&*roots, &query)
+        .meta(index)
+        .cache(lookup.hit)
         .into_response())
 }
 
-async fn roots(app: State<AppState>, query: Query) -> Result<Response, ApiError> {
-    Ok(roots_answer(app, &query).await?.into_response())
-}
-
-async fn roots_answer<'q>(
-    State(app): State<AppState>,
-    query: &'q Query,
-) -> Result<Json<'q>, ApiError> {
+async fn roots(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
     let (index, roots) = app
@@ -57,7 +63,18 @@ async fn roots_answer<'q>(
             (inner.table_index(Table::Roots), inner.ca.root_list())
         })
         .await;
-    Ok(Json::new(&roots, query).meta(index))
+    Ok(Json::new(&roots, &query).meta(index).into_response())
+}
+
+/// Reads a cache entry, waiting as a blocking query asks.
+async fn read_entry<V>(
+    value: tokio::sync::watch::Receiver<crate::cache::Versioned<V>>,
+    blocking: Option<crate::state::Blocking>,
+) -> Result<(u64, std::sync::Arc<V>), ApiError> {
+    let deadline = Instant::now() + blocking.map_or(Duration::ZERO, |b| b.wait);
+    wait_for(value, blocking.map(|b| b.min_index), deadline)
+        .await
+        .ok_or_else(|| ApiError::Internal("agent cache: no value fetched".into()))
 }
 
 async fn leaf_without_name() -> ApiError {
@@ -67,6 +84,7 @@ async fn leaf_without_name() -> ApiError {
 async fn leaf(
     State(app): State<AppState>,
     Path(service): Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
     let blocking = query.blocking()?;
@@ -82,61 +100,12 @@ async fn leaf(
             )
         })
         .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
-    let deadline = blocking.map(|b| Instant::now() + b.wait);
-    loop {
-        let (leaf, leaves_index) = current_leaf(store, &id)?;
-        let waiting = match (blocking, deadline) {
-            (Some(b), Some(deadline)) => {
-                leaf.cert.modify_index <= b.min_index && Instant::now() < deadline
-            }
-            _ => false,
-        };
-        if !waiting {
-            return Ok(Json::new(&leaf.cert, &query)
-                .index(leaf.cert.modify_index)
-                .header("X-Cache", "MISS")
-                .into_response());
-        }
-        let remaining = deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        let until_renewal = (leaf.renew_at - store.clock().now())
-            .try_into()
-            .unwrap_or(Duration::ZERO);
-        store
-            .changed(Table::Leaves, leaves_index, remaining.min(until_renewal))
-            .await;
-    }
-}
-
-/// The service's leaf, issued anew when there is none, its root was rotated out, or it is past
-/// its renewal point; with the Leaves table's index.
-fn current_leaf(store: &Store, id: &ServiceId) -> Result<(IssuedLeaf, u64), ApiError> {
-    let now = store.clock().now();
-    let fresh = store.read(|inner| {
-        (!inner.leaf_is_stale(id.service(), now)).then(|| {
-            let leaf = inner.leaves.get(id.service()).cloned();
-            (leaf, inner.table_index(Table::Leaves))
-        })
-    });
-    if let Some((Some(leaf), index)) = fresh {
-        return Ok((leaf, index));
-    }
-    store.write(|inner, _, changes| {
-        // Another request may have issued it meanwhile.
-        if inner.leaf_is_stale(id.service(), now) {
-            inner
-                .issue_leaf(id, now)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            changes.touch(Table::Leaves);
-        }
-        let leaf = inner
-            .leaves
-            .get(id.service())
-            .cloned()
-            .ok_or_else(|| ApiError::Internal("leaf was not issued".into()))?;
-        Ok((leaf, inner.table_index(Table::Leaves)))
-    })
+    let lookup = app.cache.leaf(&app.partition(&token), &id);
+    let (_, leaf) = read_entry(lookup.value, blocking).await?;
+    Ok(Json::new(&leaf.cert, &query)
+        .index(leaf.cert.modify_index)
+        .cache(lookup.hit)
+        .into_response())
 }
 
 async fn ca_config(State(app): State<AppState>, query: Query) -> Response {
@@ -154,9 +123,8 @@ async fn set_ca_config(State(app): State<AppState>, body: Bytes) -> Result<Statu
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         changes.touch(Table::CaConfig);
         if rotated {
-            // Leaves signed by the old root are now stale: wake their blocking queries.
+            // Cached leaves follow the roots table and re-issue within the jitter window.
             changes.touch(Table::Roots);
-            changes.touch(Table::Leaves);
         }
         Ok(StatusCode::OK)
     })

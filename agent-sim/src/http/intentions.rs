@@ -10,12 +10,12 @@ use axum::Router;
 use consul_connect::api::{
     AuthorizeRequest, AuthorizeResponse, Intention, IntentionCheck, IntentionCreated,
 };
-use consul_connect::intentions::DefaultDecision;
 #[cfg(test)]
 use consul_connect::intentions::WILDCARD;
+use consul_connect::intentions::{decide_matches, DefaultDecision};
 use consul_connect::spiffe::SpiffeId;
 
-use super::{allow, decode_body, ApiError, AppState, Json, Query};
+use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
 use crate::state::intentions::{IntentionWrite, IntentionWriteError};
 use crate::state::Table;
 
@@ -373,6 +373,7 @@ async fn exact_delete(State(app): State<AppState>, query: Query) -> Result<Respo
 
 async fn authorize(
     State(app): State<AppState>,
+    token: RequestToken,
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -396,26 +397,18 @@ async fn authorize(
             ))
         }
     };
-    let (hit, decision) = app.store.write(|inner, _, _| {
-        let hit = inner.intentions.cache_hit(&req.target);
-        let decision =
-            inner
-                .intentions
-                .set()
-                .decide(&client, "default", &req.target, default_decision());
-        Ok::<_, ApiError>((hit, decision))
-    })?;
+    // The agent decides from its cached match list for the target: no store access on a hit.
+    let lookup = app.cache.matches(&app.partition(&token), &req.target);
+    let current = app.store.current_index(Table::Intentions);
+    let (_, matches) = crate::cache::caught_up(lookup.value, current)
+        .await
+        .ok_or_else(|| ApiError::Internal("agent cache: no intentions fetched".into()))?;
+    let decision = decide_matches(matches.iter(), &client, default_decision());
     let resp = AuthorizeResponse {
         authorized: decision.allowed,
         reason: decision.reason,
     };
-    let json = Json::new(&resp, &query);
-    Ok(if hit {
-        json.header("Age", "0").header("X-Cache", "HIT")
-    } else {
-        json.header("X-Cache", "MISS")
-    }
-    .into_response())
+    Ok(Json::new(&resp, &query).cache(lookup.hit).into_response())
 }
 
 #[cfg(test)]

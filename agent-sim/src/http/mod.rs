@@ -15,6 +15,7 @@ use axum::Router;
 use rand::Rng;
 use serde::Serialize;
 
+use crate::cache::{ConnectCache, Partition};
 use crate::state::{Blocking, Store};
 
 /// Consul's longest blocking wait.
@@ -29,6 +30,58 @@ pub const MAX_BODY_BYTES: usize = 512 * 1024;
 pub struct AppState {
     /// The state store.
     pub store: Arc<Store>,
+    /// The agent cache for `/v1/agent/connect/*`.
+    pub cache: Arc<ConnectCache>,
+}
+
+impl AppState {
+    /// The cache partition of a request: the agent's datacenter and the caller's token.
+    pub fn partition(&self, token: &RequestToken) -> Partition {
+        Partition {
+            datacenter: self.store.settings().datacenter.clone(),
+            token: token.0.clone(),
+        }
+    }
+}
+
+/// The request's ACL token: `?token=`, else `X-Consul-Token`, else `Authorization: Bearer`
+/// (empty for anonymous).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RequestToken(pub String);
+
+impl std::fmt::Debug for RequestToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "RequestToken(anonymous)"
+        } else {
+            "RequestToken(<redacted>)"
+        })
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestToken {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = Query::from_uri(&parts.uri);
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let token = query
+            .get("token")
+            .or_else(|| header("X-Consul-Token"))
+            .or_else(|| {
+                header("Authorization").and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+            })
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        Ok(RequestToken(token))
+    }
 }
 
 /// The full router.
@@ -295,6 +348,15 @@ impl<'q> Json<'q> {
     /// Adds `X-Consul-Index` only.
     pub fn index(self, index: u64) -> Self {
         self.header("X-Consul-Index", &index.max(1).to_string())
+    }
+
+    /// Adds `X-Cache: HIT` with `Age: 0`, or `X-Cache: MISS`.
+    pub fn cache(self, hit: bool) -> Self {
+        if hit {
+            self.header("X-Cache", "HIT").header("Age", "0")
+        } else {
+            self.header("X-Cache", "MISS")
+        }
     }
 
     /// Adds a header.

@@ -1,7 +1,5 @@
 //! The intentions table: Consul's server-side rules for creating, updating and deleting.
 
-use std::collections::HashSet;
-
 use consul_connect::api::{Intention, Meta};
 use consul_connect::intentions::{fill_defaults, precedence, validate, IntentionSet};
 use time::OffsetDateTime;
@@ -34,23 +32,16 @@ pub enum IntentionWrite {
     Delete(String),
 }
 
-/// Intentions held by the store, and the authorize targets the agent cache has seen.
+/// Intentions held by the store.
 #[derive(Debug, Default)]
 pub struct Intentions {
     set: IntentionSet,
-    /// Lowercased targets with an authorize cache entry (for `X-Cache`).
-    cached_targets: HashSet<String>,
 }
 
 impl Intentions {
     /// The indexed set.
     pub fn set(&self) -> &IntentionSet {
         &self.set
-    }
-
-    /// Records an authorize for `target`; true when the agent cache already had its entry.
-    pub fn cache_hit(&mut self, target: &str) -> bool {
-        !self.cached_targets.insert(target.to_ascii_lowercase())
     }
 
     /// Applies a write at `index`; returns the intention's ID.

@@ -1,6 +1,5 @@
-//! Leaf certificates the agent issued, by service name, and when each must be renewed.
+//! Issuing leaf certificates, and when each must be renewed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use consul_connect::api::{serial_hex, LeafCert};
@@ -22,47 +21,13 @@ pub struct IssuedLeaf {
     pub renew_at: OffsetDateTime,
 }
 
-/// Issued leaves by service name.
-#[derive(Debug, Default)]
-pub struct LeafState {
-    leaves: HashMap<String, IssuedLeaf>,
-}
-
-impl LeafState {
-    /// The current leaf of `service`, if one was issued.
-    pub fn get(&self, service: &str) -> Option<&IssuedLeaf> {
-        self.leaves.get(service)
-    }
-
-    /// Number of leaves held.
-    pub fn len(&self) -> usize {
-        self.leaves.len()
-    }
-
-    /// Whether no leaf is held.
-    pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
-    }
-}
-
 impl Inner {
-    /// Whether `service` needs a new leaf at `now`: none yet, signed by a root that is no longer
-    /// active, or past its renewal point.
-    pub fn leaf_is_stale(&self, service: &str, now: OffsetDateTime) -> bool {
-        match self.leaves.get(service) {
-            None => true,
-            Some(leaf) => {
-                leaf.signing_key_id != self.ca.active_root().signing_key_id || now >= leaf.renew_at
-            }
-        }
-    }
-
     /// Issues a new leaf for `id` with a fresh agent-generated key.
     pub fn issue_leaf(
         &mut self,
         id: &ServiceId,
         now: OffsetDateTime,
-    ) -> Result<&IssuedLeaf, CaError> {
+    ) -> Result<IssuedLeaf, CaError> {
         // Certificates hold whole seconds; keep the JSON times equal to the certificate's.
         let now = now.replace_nanosecond(0).unwrap_or(now);
         let key = EcKey::generate()?;
@@ -90,14 +55,11 @@ impl Inner {
             create_index: serial,
             modify_index: serial,
         };
-        let leaf = IssuedLeaf {
+        Ok(IssuedLeaf {
             signing_key_id: root.signing_key_id.clone(),
             renew_at: renewal_point(valid_after, ttl),
             cert,
-        };
-        let service = id.service().to_owned();
-        self.leaves.leaves.insert(service.clone(), leaf);
-        Ok(&self.leaves.leaves[&service])
+        })
     }
 }
 

@@ -15,7 +15,6 @@ use crate::clock::Clock;
 pub use ca::{CaConfigError, CaSettings, CaState};
 pub use catalog::{Catalog, CheckStatus, NodeInfo, ServiceInstance};
 pub use intentions::IntentionWrite;
-pub use leaf::LeafState;
 
 /// The tables a blocking query can wait on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,18 +25,15 @@ pub enum Table {
     Roots,
     /// CA configuration.
     CaConfig,
-    /// Issued leaf certificates.
-    Leaves,
     /// Intentions.
     Intentions,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 4] = [
         Table::Services,
         Table::Roots,
         Table::CaConfig,
-        Table::Leaves,
         Table::Intentions,
     ];
 
@@ -70,8 +66,6 @@ pub struct Inner {
     pub catalog: Catalog,
     /// Roots, configuration and the active provider.
     pub ca: CaState,
-    /// Issued leaves by service name.
-    pub leaves: LeafState,
     /// Intentions.
     pub intentions: intentions::Intentions,
 }
@@ -112,6 +106,8 @@ impl Inner {
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
+    /// Times the store was locked, so tests can show cache hits do not touch it.
+    accesses: std::sync::atomic::AtomicU64,
     notify: Vec<watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     settings: StoreSettings,
@@ -141,7 +137,6 @@ impl Store {
             table_index: [0; Table::ALL.len()],
             catalog,
             ca,
-            leaves: LeafState::default(),
             intentions: intentions::Intentions::default(),
         };
         inner.index = index;
@@ -151,6 +146,7 @@ impl Store {
         Ok(Self {
             notify: Table::ALL.iter().map(|_| watch::channel(index).0).collect(),
             inner: Mutex::new(inner),
+            accesses: std::sync::atomic::AtomicU64::new(0),
             clock,
             settings,
         })
@@ -228,6 +224,11 @@ impl Store {
         }
     }
 
+    /// The current index of `table`, without taking the lock.
+    pub fn current_index(&self, table: Table) -> u64 {
+        *self.notify[table.slot()].borrow()
+    }
+
     /// Waits until `table` changes past `index`, the clock jumps, or `timeout` passes.
     pub async fn changed(&self, table: Table, index: u64, timeout: Duration) {
         let mut changed = self.notify[table.slot()].subscribe();
@@ -242,7 +243,14 @@ impl Store {
         let _ = tokio::time::timeout(timeout, wait).await;
     }
 
+    /// How many times the store has been locked (reads and writes).
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.accesses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,0 +1,468 @@
+//! The agent cache, as Consul's agent keeps it for `/v1/agent/connect/*`: one entry per
+//! request, datacenter and ACL token, filled on first use (a MISS), kept fresh in the
+//! background by a blocking query against the state store, answered from memory afterwards
+//! (a HIT, without touching the store), and evicted after going unused for a while (72 h).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use consul_connect::api::{CaRootList, Intention};
+use consul_connect::spiffe::ServiceId;
+
+use crate::clock::Clock;
+use crate::state::leaf::IssuedLeaf;
+use crate::state::{Blocking, Inner, Store, Table};
+
+/// How long an entry may go unread before it is evicted (Consul: 72 h).
+pub const DEFAULT_UNUSED_TTL: Duration = Duration::from_secs(72 * 3600);
+
+/// A cached value with the index it was read at.
+pub type Versioned<V> = Option<(u64, Arc<V>)>;
+
+/// One cache type (roots, leaves, intention matches, ACL tokens): entries by key.
+pub struct TypedCache<K, V> {
+    entries: Mutex<HashMap<K, Arc<Entry<V>>>>,
+}
+
+struct Entry<V> {
+    value: watch::Sender<Versioned<V>>,
+    last_read: Mutex<OffsetDateTime>,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<V> Drop for Entry<V> {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl<K, V> Default for TypedCache<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for TypedCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.entries.lock().map_or(0, |e| e.len());
+        f.debug_struct("TypedCache")
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
+/// A read of one entry.
+pub struct Lookup<V> {
+    /// Whether the entry existed with a value (`X-Cache: HIT`).
+    pub hit: bool,
+    /// The entry's value as it changes.
+    pub value: watch::Receiver<Versioned<V>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Send + Sync + 'static> TypedCache<K, V> {
+    /// The entry for `key`, marked as read at `now`. A new entry starts its refresher with
+    /// `start`, which gets the sender to publish values through.
+    pub fn lookup(
+        &self,
+        key: &K,
+        now: OffsetDateTime,
+        start: impl FnOnce(watch::Sender<Versioned<V>>) -> JoinHandle<()>,
+    ) -> Lookup<V> {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get(key) {
+            *entry.last_read.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            let value = entry.value.subscribe();
+            let hit = value.borrow().is_some();
+            return Lookup { hit, value };
+        }
+        let (sender, value) = watch::channel(None);
+        let task = start(sender.clone());
+        entries.insert(
+            key.clone(),
+            Arc::new(Entry {
+                value: sender,
+                last_read: Mutex::new(now),
+                refresher: Mutex::new(Some(task)),
+            }),
+        );
+        Lookup { hit: false, value }
+    }
+
+    /// Drops entries last read before `now - unused`, stopping their refreshers.
+    pub fn evict_unused(&self, now: OffsetDateTime, unused: Duration) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries
+            .retain(|_, e| *e.last_read.lock().unwrap_or_else(|e| e.into_inner()) + unused > now);
+        before - entries.len()
+    }
+
+    /// Drops every entry (for example when ACLs change what tokens may see).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Arc<Entry<V>>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Waits until the value is present and, when `min_index` is given, its index is past it, or
+/// until `deadline`; returns the value then (`None` only if the refresher never produced one).
+pub async fn wait_for<V>(
+    mut value: watch::Receiver<Versioned<V>>,
+    min_index: Option<u64>,
+    deadline: tokio::time::Instant,
+) -> Versioned<V> {
+    let min = min_index.unwrap_or(0);
+    let ready = |v: &Versioned<V>| v.as_ref().is_some_and(|(i, _)| *i > min || min == 0);
+    let first = async {
+        let _ = value.wait_for(|v| v.is_some()).await;
+    };
+    // The first fill is waited for however long it takes (a MISS); then the blocking wait.
+    let _ = tokio::time::timeout(Duration::from_secs(60), first).await;
+    let _ = tokio::time::timeout_at(deadline, value.wait_for(ready)).await;
+    let current = value.borrow().clone();
+    current
+}
+
+/// Waits (briefly) until the entry has caught up with the store's `current` index, so a read
+/// right after a write never answers from before it. Reads the store's change notification,
+/// not the store itself.
+pub async fn caught_up<V>(mut value: watch::Receiver<Versioned<V>>, current: u64) -> Versioned<V> {
+    let ready = |v: &Versioned<V>| v.as_ref().is_some_and(|(i, _)| *i >= current);
+    let _ = tokio::time::timeout(Duration::from_secs(5), value.wait_for(ready)).await;
+    let now = value.borrow().clone();
+    now
+}
+
+/// Sleeps until the clock reads `target`, waking early when the clock jumps (a test clock
+/// advanced) to look again.
+pub async fn sleep_until(clock: &dyn Clock, target: OffsetDateTime) {
+    let mut jumps = clock.jumps();
+    loop {
+        jumps.borrow_and_update();
+        let now = clock.now();
+        if now >= target {
+            return;
+        }
+        let left: Duration = (target - now).try_into().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = jumps.changed() => {}
+        }
+    }
+}
+
+/// Whether an entry value counts as fresh for `Cache-Control: max-age` reads.
+pub fn within_max_age(fetched: tokio::time::Instant, max_age: Option<Duration>) -> bool {
+    max_age.is_none_or(|max| fetched.elapsed() <= max)
+}
+
+/// Keys shared by the agent's Connect cache types: datacenter and ACL token partition every
+/// entry, so one token never sees what another fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Partition {
+    /// Datacenter.
+    pub datacenter: String,
+    /// The ACL token's secret (empty for anonymous).
+    pub token: String,
+}
+
+/// Stops the evictor when dropped.
+#[derive(Debug)]
+pub struct EvictorHandle(pub(crate) JoinHandle<()>);
+
+impl Drop for EvictorHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Settings of the agent cache.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Evict entries unread this long (Consul: 72 h).
+    pub unused_ttl: Duration,
+    /// After a root rotation, each cached leaf is re-issued after a random delay below this
+    /// (Consul: 30 s; small by default here for local use).
+    pub rotation_jitter: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            unused_ttl: DEFAULT_UNUSED_TTL,
+            rotation_jitter: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The longest a refresher's blocking query waits before asking again (Consul: 10 min).
+const REFRESH_WAIT: Duration = Duration::from_secs(600);
+
+/// The agent's Connect cache types: roots, leaves and intention matches (for authorize).
+#[derive(Debug)]
+pub struct ConnectCache {
+    store: Arc<Store>,
+    settings: CacheSettings,
+    roots: TypedCache<Partition, CaRootList>,
+    leaves: TypedCache<(Partition, String), IssuedLeaf>,
+    matches: TypedCache<(Partition, String), Vec<Intention>>,
+}
+
+impl ConnectCache {
+    /// A cache reading `store`.
+    pub fn new(store: Arc<Store>, settings: CacheSettings) -> Self {
+        Self {
+            store,
+            settings,
+            roots: TypedCache::default(),
+            leaves: TypedCache::default(),
+            matches: TypedCache::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The roots entry of a partition.
+    pub fn roots(&self, part: &Partition) -> Lookup<CaRootList> {
+        let store = self.store.clone();
+        self.roots
+            .lookup(part, self.store.clock().now(), move |tx| {
+                tokio::spawn(follow(store, Table::Roots, tx, |inner| {
+                    inner.ca.root_list()
+                }))
+            })
+    }
+
+    /// The leaf entry of `id` in a partition: issued on first use, renewed at its renewal
+    /// point, re-issued within the jitter window after a root rotation.
+    pub fn leaf(&self, part: &Partition, id: &ServiceId) -> Lookup<IssuedLeaf> {
+        let store = self.store.clone();
+        let id = id.clone();
+        let jitter = self.settings.rotation_jitter;
+        let key = (part.clone(), id.service().to_owned());
+        self.leaves
+            .lookup(&key, self.store.clock().now(), move |tx| {
+                tokio::spawn(refresh_leaf(store, id, jitter, tx))
+            })
+    }
+
+    /// The intentions matching `target` as a destination, in evaluation order.
+    pub fn matches(&self, part: &Partition, target: &str) -> Lookup<Vec<Intention>> {
+        let store = self.store.clone();
+        let target = target.to_ascii_lowercase();
+        let key = (part.clone(), target.clone());
+        self.matches
+            .lookup(&key, self.store.clock().now(), move |tx| {
+                tokio::spawn(follow(store, Table::Intentions, tx, move |inner| {
+                    inner
+                        .intentions
+                        .set()
+                        .match_destination("default", &target)
+                        .into_iter()
+                        .cloned()
+                        .collect()
+                }))
+            })
+    }
+
+    /// Evicts entries unread for the configured time; returns how many.
+    pub fn evict_unused(&self) -> usize {
+        let now = self.store.clock().now();
+        let ttl = self.settings.unused_ttl;
+        self.roots.evict_unused(now, ttl)
+            + self.leaves.evict_unused(now, ttl)
+            + self.matches.evict_unused(now, ttl)
+    }
+
+    /// Number of entries across types.
+    pub fn len(&self) -> usize {
+        self.roots.len() + self.leaves.len() + self.matches.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evicts unused entries whenever the clock may have moved past an entry's TTL: every
+    /// minute of wall time, and at once when a test clock jumps.
+    pub fn start_evictor(self: &Arc<Self>) -> EvictorHandle {
+        let cache = Arc::downgrade(self);
+        let mut jumps = self.store.clock().jumps();
+        EvictorHandle(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    changed = jumps.changed() => if changed.is_err() { return },
+                }
+                let Some(cache) = cache.upgrade() else { return };
+                let evicted = cache.evict_unused();
+                if evicted > 0 {
+                    tracing::debug!(evicted, "agent cache evicted unused entries");
+                }
+            }
+        }))
+    }
+}
+
+/// Keeps an entry equal to `read` of the store: a blocking query on `table`, republished
+/// whenever the index moves.
+async fn follow<V: Send + Sync + 'static>(
+    store: Arc<Store>,
+    table: Table,
+    tx: watch::Sender<Versioned<V>>,
+    read: impl Fn(&Inner) -> V + Send + 'static,
+) {
+    let mut last = 0;
+    loop {
+        let blocking = (last > 0).then_some(Blocking {
+            min_index: last,
+            wait: REFRESH_WAIT,
+        });
+        let (index, value) = store
+            .block(table, blocking, |inner| {
+                (inner.table_index(table), read(inner))
+            })
+            .await;
+        if index != last {
+            last = index;
+            tx.send_replace(Some((index, Arc::new(value))));
+        }
+    }
+}
+
+/// Issues the leaf, then re-issues it at its renewal point or, after a root rotation, at a
+/// random point within the jitter window.
+async fn refresh_leaf(
+    store: Arc<Store>,
+    id: ServiceId,
+    jitter: Duration,
+    tx: watch::Sender<Versioned<IssuedLeaf>>,
+) {
+    let clock = store.clock().clone();
+    let mut failures = 0u32;
+    loop {
+        let now = clock.now();
+        let issued = store.write(|inner, _, _| inner.issue_leaf(&id, now));
+        let leaf = match issued {
+            Ok(leaf) => leaf,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(service = %id, error = %e, "cannot issue leaf; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
+                continue;
+            }
+        };
+        failures = 0;
+        tx.send_replace(Some((leaf.cert.modify_index, Arc::new(leaf.clone()))));
+        let mut reissue_at = leaf.renew_at;
+        let mut roots_index = store.current_index(Table::Roots);
+        loop {
+            tokio::select! {
+                _ = sleep_until(clock.as_ref(), reissue_at) => break,
+                _ = store.changed(Table::Roots, roots_index, REFRESH_WAIT) => {
+                    roots_index = store.current_index(Table::Roots);
+                    let active = store.read(|inner| inner.ca.active_root().signing_key_id.clone());
+                    if active != leaf.signing_key_id {
+                        let delay = random_below(jitter);
+                        reissue_at = reissue_at.min(clock.now() + delay);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn random_below(max: Duration) -> Duration {
+    use rand::Rng;
+    match max.as_nanos() as u64 {
+        0 => Duration::ZERO,
+        n => Duration::from_nanos(rand::rng().random_range(0..n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[tokio::test]
+    async fn entries_are_filled_once_and_hit_afterwards() {
+        let cache: TypedCache<String, u32> = TypedCache::default();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let first = cache.lookup(&"a".into(), now, |tx| {
+            tokio::spawn(async move {
+                tx.send_replace(Some((1, Arc::new(7))));
+                std::future::pending::<()>().await;
+            })
+        });
+        assert!(!first.hit);
+        let got = wait_for(first.value, None, tokio::time::Instant::now()).await;
+        assert_eq!(got.map(|(i, v)| (i, *v)), Some((1, 7)));
+        let second = cache.lookup(&"a".into(), now, |_| panic!("no second refresher"));
+        assert!(second.hit);
+    }
+
+    #[tokio::test]
+    async fn unused_entries_are_evicted() {
+        let cache: TypedCache<u8, u8> = TypedCache::default();
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        cache.lookup(&1, t0, |_| tokio::spawn(async {}));
+        cache.lookup(&2, t0 + Duration::from_secs(3600), |_| {
+            tokio::spawn(async {})
+        });
+        assert_eq!(
+            cache.evict_unused(t0 + Duration::from_secs(72 * 3600), DEFAULT_UNUSED_TTL),
+            1
+        );
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sleep_until_wakes_when_the_clock_is_advanced() {
+        let clock = Arc::new(ManualClock::new(OffsetDateTime::UNIX_EPOCH));
+        let target = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(3600);
+        let sleeper = {
+            let clock = clock.clone();
+            tokio::spawn(async move { sleep_until(clock.as_ref(), target).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!sleeper.is_finished());
+        clock.advance(Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
