@@ -79,9 +79,24 @@ impl Raw {
 
     /// Sends `method path` with `body` and returns the whole answer.
     pub async fn send(&self, method: &str, path: &str, body: &str) -> Answer {
-        let req = http::Request::builder()
+        self.send_with_headers(method, path, body, &[]).await
+    }
+
+    /// Sends `method path` with `body` and extra headers.
+    pub async fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = http::Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.base, path))
+            .uri(format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))

@@ -90,16 +90,13 @@ async fn leaf(
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
     let store = &app.store;
-    let id = store
-        .read(|inner| {
-            ServiceId::new(
-                inner.ca.trust_domain().clone(),
-                "default",
-                &store.settings().datacenter,
-                &service,
-            )
-        })
-        .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
+    let id = ServiceId::new(
+        store.trust_domain().clone(),
+        "default",
+        &store.settings().datacenter,
+        &service,
+    )
+    .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
     let lookup = app.cache.leaf(&app.partition(&token), &id);
     let (_, leaf) = read_entry(lookup.value, blocking).await?;
     Ok(Json::new(&leaf.cert, &query)

@@ -111,6 +111,8 @@ pub struct Store {
     notify: Vec<watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     settings: StoreSettings,
+    /// Fixed at bootstrap (the cluster ID never changes), so readable without the lock.
+    trust_domain: consul_connect::spiffe::TrustDomain,
 }
 
 /// How long a blocking query may wait.
@@ -144,6 +146,7 @@ impl Store {
             inner.table_index[table.slot()] = index;
         }
         Ok(Self {
+            trust_domain: inner.ca.trust_domain().clone(),
             notify: Table::ALL.iter().map(|_| watch::channel(index).0).collect(),
             inner: Mutex::new(inner),
             accesses: std::sync::atomic::AtomicU64::new(0),
@@ -155,6 +158,11 @@ impl Store {
     /// The agent's fixed settings.
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    /// The trust domain, `<cluster-id>.consul`.
+    pub fn trust_domain(&self) -> &consul_connect::spiffe::TrustDomain {
+        &self.trust_domain
     }
 
     /// The clock the store reads.

@@ -1,0 +1,274 @@
+//! agent-sim's agent cache: hits from memory, partitions by token, leaf renewal in the 60-90%
+//! window, re-issue within the jitter window after a rotation, eviction of unused entries.
+//! Time is a manual clock: nothing waits for real expiry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sim::clock::ManualClock;
+use agent_sim::Agent;
+use support::agent::{start_agent, Answer, Raw, TRUST_DOMAIN};
+use time::OffsetDateTime;
+
+const TTL: Duration = Duration::from_secs(72 * 3600);
+
+async fn agent_with_clock(jitter: Duration) -> (Agent, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let agent = Agent::builder()
+        .clock(clock.clone())
+        .rotation_jitter(jitter)
+        .start()
+        .await
+        .unwrap();
+    (agent, clock)
+}
+
+async fn get_with_token(raw: &Raw, path: &str, token: &str) -> Answer {
+    raw.send_with_headers("GET", path, "", &[("X-Consul-Token", token)])
+        .await
+}
+
+#[tokio::test]
+async fn hits_are_answered_without_touching_the_store() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let authorize = format!(
+        r#"{{"Target":"db","ClientCertURI":"spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web","ClientCertSerial":"01"}}"#
+    );
+    assert_eq!(
+        raw.get("/v1/agent/connect/ca/leaf/web")
+            .await
+            .header("X-Cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        raw.get("/v1/agent/connect/ca/roots")
+            .await
+            .header("X-Cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        raw.post("/v1/agent/connect/authorize", &authorize)
+            .await
+            .header("X-Cache"),
+        Some("MISS")
+    );
+
+    let before = agent.store().accesses();
+    for _ in 0..20 {
+        let leaf = raw.get("/v1/agent/connect/ca/leaf/web").await;
+        assert_eq!(
+            (leaf.header("X-Cache"), leaf.header("Age")),
+            (Some("HIT"), Some("0"))
+        );
+        assert_eq!(
+            raw.get("/v1/agent/connect/ca/roots")
+                .await
+                .header("X-Cache"),
+            Some("HIT")
+        );
+        let auth = raw.post("/v1/agent/connect/authorize", &authorize).await;
+        assert_eq!(auth.header("X-Cache"), Some("HIT"));
+        assert_eq!(auth.json()["Authorized"], true);
+    }
+    assert_eq!(agent.store().accesses(), before, "60 hits, no store access");
+}
+
+#[tokio::test]
+async fn tokens_never_share_entries() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let a1 = get_with_token(&raw, "/v1/agent/connect/ca/leaf/web", "token-a").await;
+    let b1 = get_with_token(&raw, "/v1/agent/connect/ca/leaf/web", "token-b").await;
+    assert_eq!(
+        (a1.header("X-Cache"), b1.header("X-Cache")),
+        (Some("MISS"), Some("MISS"))
+    );
+    let (a1, b1) = (a1.json(), b1.json());
+    assert_ne!(
+        a1["SerialNumber"], b1["SerialNumber"],
+        "each token gets its own leaf"
+    );
+    assert_ne!(a1["PrivateKeyPEM"], b1["PrivateKeyPEM"]);
+    for _ in 0..3 {
+        let a = get_with_token(&raw, "/v1/agent/connect/ca/leaf/web", "token-a").await;
+        let b = raw.get("/v1/agent/connect/ca/leaf/web?token=token-b").await;
+        assert_eq!(
+            (a.header("X-Cache"), b.header("X-Cache")),
+            (Some("HIT"), Some("HIT"))
+        );
+        assert_eq!(a.json()["SerialNumber"], a1["SerialNumber"]);
+        assert_eq!(b.json()["SerialNumber"], b1["SerialNumber"]);
+    }
+    let bearer = raw
+        .send_with_headers(
+            "GET",
+            "/v1/agent/connect/ca/leaf/web",
+            "",
+            &[("Authorization", "Bearer token-a")],
+        )
+        .await;
+    assert_eq!(
+        bearer.json()["SerialNumber"],
+        a1["SerialNumber"],
+        "Authorization: Bearer is the same token"
+    );
+    assert_eq!(agent.cache().len(), 2);
+}
+
+#[tokio::test]
+async fn leaves_renew_between_60_and_90_percent_of_their_lifetime() {
+    let (agent, clock) = agent_with_clock(Duration::ZERO).await;
+    let raw = Raw::new(&agent);
+    let first = raw.get("/v1/agent/connect/ca/leaf/web").await.json();
+    let index = first["ModifyIndex"].as_u64().unwrap();
+    let valid_after = OffsetDateTime::parse(
+        first["ValidAfter"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let started = clock.now_utc();
+
+    // Just before 60%: no renewal (a blocking query times out with the same leaf).
+    clock.advance(
+        (at_fraction(valid_after, 0.599) - started)
+            .try_into()
+            .unwrap(),
+    );
+    let same = raw
+        .get(&format!(
+            "/v1/agent/connect/ca/leaf/web?index={index}&wait=300ms"
+        ))
+        .await
+        .json();
+    assert_eq!(
+        same["SerialNumber"], first["SerialNumber"],
+        "renewed before 60%"
+    );
+
+    // A blocking query waiting on the old leaf wakes with the new one by 90%.
+    let waiter = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            raw.get(&format!(
+                "/v1/agent/connect/ca/leaf/web?index={index}&wait=30s"
+            ))
+            .await
+        })
+    };
+    tokio::task::yield_now().await;
+    clock.advance(
+        (at_fraction(valid_after, 0.9) - clock.now_utc())
+            .try_into()
+            .unwrap(),
+    );
+    let renewed = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .json();
+    assert_ne!(
+        renewed["SerialNumber"], first["SerialNumber"],
+        "not renewed by 90%"
+    );
+    assert!(renewed["ModifyIndex"].as_u64().unwrap() > index);
+}
+
+fn at_fraction(valid_after: OffsetDateTime, fraction: f64) -> OffsetDateTime {
+    valid_after + TTL.mul_f64(fraction)
+}
+
+trait NowUtc {
+    fn now_utc(&self) -> OffsetDateTime;
+}
+
+impl NowUtc for ManualClock {
+    fn now_utc(&self) -> OffsetDateTime {
+        agent_sim::clock::Clock::now(self)
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_reissues_leaves_within_the_jitter_window() {
+    let jitter = Duration::from_secs(30);
+    let (agent, clock) = agent_with_clock(jitter).await;
+    let raw = Raw::new(&agent);
+    let first = raw.get("/v1/agent/connect/ca/leaf/web").await.json();
+    let index = first["ModifyIndex"].as_u64().unwrap();
+    let put = raw
+        .put(
+            "/v1/connect/ca/configuration",
+            r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let waiter = {
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            raw.get(&format!(
+                "/v1/agent/connect/ca/leaf/web?index={index}&wait=30s"
+            ))
+            .await
+        })
+    };
+    // No time has passed on the agent's clock: the re-issue is scheduled, not done.
+    let early = raw
+        .get(&format!(
+            "/v1/agent/connect/ca/leaf/web?index={index}&wait=200ms"
+        ))
+        .await
+        .json();
+    assert_eq!(early["SerialNumber"], first["SerialNumber"]);
+    // Once the whole window has passed, the leaf has been re-issued under the new root.
+    clock.advance(jitter);
+    let renewed = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .json();
+    assert_ne!(renewed["SerialNumber"], first["SerialNumber"]);
+    assert_eq!(
+        renewed["CertPEM"]
+            .as_str()
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn unused_entries_are_evicted_after_72_hours() {
+    let (agent, clock) = agent_with_clock(Duration::ZERO).await;
+    let raw = Raw::new(&agent);
+    raw.get("/v1/agent/connect/ca/leaf/web").await;
+    raw.get("/v1/agent/connect/ca/roots").await;
+    assert_eq!(agent.cache().len(), 2);
+    clock.advance(Duration::from_secs(71 * 3600));
+    assert_eq!(
+        raw.get("/v1/agent/connect/ca/roots")
+            .await
+            .header("X-Cache"),
+        Some("HIT")
+    );
+    clock.advance(Duration::from_secs(2 * 3600));
+    // The leaf went unread for 73 h: the evictor (woken by the clock jump) drops it; the
+    // roots entry was read 2 h ago and stays.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while agent.cache().len() != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the unused leaf is evicted");
+    assert_eq!(
+        raw.get("/v1/agent/connect/ca/leaf/web")
+            .await
+            .header("X-Cache"),
+        Some("MISS")
+    );
+}
