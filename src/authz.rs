@@ -17,6 +17,7 @@ use crate::agent::{run_watch, AgentClient, AgentError, QueryOptions, WatchConfig
 use crate::api::{AuthorizeRequest, Intention};
 use crate::intentions::{decide_matches, DefaultDecision};
 use crate::spiffe::ServiceId;
+use crate::telemetry;
 use crate::tls::HandshakeAuthorizer;
 
 /// The outcome of an authorization.
@@ -100,15 +101,22 @@ impl Authorizer for AgentAuthorizer {
             client_cert_uri: peer.to_string(),
             client_cert_serial: serial.to_owned(),
         };
-        let resp = self
-            .agent
-            .authorize(&req)
+        let span = tracing::debug_span!("connect.authorize", authorizer = "agent", %target, %peer);
+        let resp = tracing::Instrument::instrument(self.agent.authorize(&req), span)
             .await
-            .map_err(|source| AuthzError::Unavailable {
-                peer: peer.clone(),
-                target: target.to_owned(),
-                source,
+            .map_err(|source| {
+                telemetry::authorization(target, "agent", "error");
+                AuthzError::Unavailable {
+                    peer: peer.clone(),
+                    target: target.to_owned(),
+                    source,
+                }
             })?;
+        telemetry::authorization(
+            target,
+            "agent",
+            if resp.authorized { "allow" } else { "deny" },
+        );
         Ok(Authorization {
             allowed: resp.authorized,
             reason: resp.reason,
@@ -217,6 +225,14 @@ impl IntentionsAuthorizer {
 
 impl IntentionsState {
     fn decide(&self, peer: &ServiceId) -> Authorization {
+        let decision = self.decide_uncounted(peer);
+        let outcome = if decision.allowed { "allow" } else { "deny" };
+        telemetry::authorization(&self.target, "intentions", outcome);
+        tracing::debug!(authorizer = "intentions", target = %self.target, %peer, allowed = decision.allowed, reason = %decision.reason, "connect.authorize");
+        decision
+    }
+
+    fn decide_uncounted(&self, peer: &ServiceId) -> Authorization {
         let matches = self.matches.load();
         match matches.as_ref() {
             None => Authorization {

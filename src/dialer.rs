@@ -11,6 +11,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::resolve::{Candidate, CatalogResolver, ResolveError, Resolver};
 use crate::service::ConnectService;
+use crate::telemetry;
 use crate::tls::VerifyError;
 
 /// A client-side Connect stream.
@@ -157,12 +158,20 @@ impl ConnectDialer {
         // SPIFFE peers have no DNS name and no SNI is sent; rustls still wants a name, so give
         // it the peer's IP. The verifier checks the SPIFFE identity instead.
         let ip: IpAddr = tcp.peer_addr().map_err(AttemptError::Connect)?.ip();
-        TlsConnector::from(config)
-            .connect(ServerName::IpAddress(ip.into()), tcp)
+        let span = tracing::info_span!("connect.handshake", side = "client", service = %self.service.name(), target = %candidate.expected, addr = %candidate.addr);
+        let connect = TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp);
+        let result = tracing::Instrument::instrument(connect, span)
             .await
             .map_err(|e| match VerifyError::from_io(&e) {
                 Some(v) => AttemptError::Verify(v),
                 None => AttemptError::Handshake(e),
-            })
+            });
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(AttemptError::Verify(v)) => Err(v.kind()),
+            Err(_) => Err("tls"),
+        };
+        telemetry::handshake(self.service.name(), "client", outcome);
+        result
     }
 }

@@ -29,6 +29,7 @@ pub mod listener;
 pub mod resolve;
 pub mod service;
 pub mod spiffe;
+pub mod telemetry;
 pub mod tls;
 
 pub use agent::AgentClient;

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::authz::{Authorizer, AuthzError};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
+use crate::telemetry;
 use crate::tls::{peer_identity, VerifyError};
 
 /// A server-side Connect stream.
@@ -57,6 +58,20 @@ pub struct Rejection {
     pub peer: Option<ServiceId>,
     /// Why it was refused.
     pub reason: String,
+}
+
+impl RejectReason {
+    /// A short, stable name of why, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RejectReason::Timeout(_) => "timeout",
+            RejectReason::Verify(v) => v.kind(),
+            RejectReason::Handshake(_) => "tls",
+            RejectReason::NoIdentity => "no_identity",
+            RejectReason::Authz(AuthzError::Denied { .. }) => "denied",
+            RejectReason::Authz(_) => "authz_unavailable",
+        }
+    }
 }
 
 /// Options of a [`ConnectListener`].
@@ -210,9 +225,11 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (reason, peer) = match tokio::time::timeout(ctx.timeout, handshake(&ctx, tcp)).await
-            {
+            let span = tracing::info_span!("connect.handshake", side = "server", service = %ctx.target, %remote);
+            let attempt = tracing::Instrument::instrument(handshake(&ctx, tcp), span);
+            let (reason, peer) = match tokio::time::timeout(ctx.timeout, attempt).await {
                 Ok(Ok((stream, peer))) => {
+                    telemetry::handshake(&ctx.target, "server", Ok(()));
                     tracing::debug!(%remote, %peer, target = %ctx.target, "Connect client accepted");
                     let _ = tx.send((stream, peer)).await;
                     return;
@@ -220,6 +237,7 @@ async fn accept_loop(
                 Ok(Err((reason, peer))) => (reason, peer),
                 Err(_) => (RejectReason::Timeout(ctx.timeout), None),
             };
+            telemetry::handshake(&ctx.target, "server", Err(reason.kind()));
             let who = peer
                 .as_ref()
                 .map(ToString::to_string)

@@ -16,6 +16,7 @@ use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
 use crate::dialer::ConnectDialer;
 use crate::intentions::DefaultDecision;
 use crate::spiffe::ServiceId;
+use crate::telemetry;
 use crate::tls::{client_config, server_config, ConnectClientConfig, Material, MaterialCell};
 
 /// Why a service is not ready.
@@ -437,6 +438,15 @@ impl Shared {
         };
         match Material::new(roots, leaf, UnixTime::now()) {
             Ok(material) => {
+                if let Some(previous) = self.cell.load() {
+                    if previous.serial() != material.serial() {
+                        telemetry::rotation(&self.name, "leaf");
+                    }
+                    if previous.root_certs() != material.root_certs() {
+                        telemetry::rotation(&self.name, "roots");
+                    }
+                }
+                telemetry::leaf_expiry(&self.name, material.not_after());
                 tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
                 self.cell.store(material);
                 if fetched
@@ -454,6 +464,7 @@ impl Shared {
     }
 
     fn record_error(&self, fetched: &mut Fetched, source: &'static str, message: String) {
+        telemetry::watch_error(&self.name, source);
         tracing::warn!(service = %self.name, source, error = %message, "keeping the last good Connect material");
         fetched.last_error = Some(WatchFailure {
             source,

@@ -152,6 +152,27 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// A short, stable name of the failed check, for metrics labels and log fields.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::NoCertificate => "no_certificate",
+            VerifyError::NoMaterial => "no_material",
+            VerifyError::Malformed { .. } => "malformed",
+            VerifyError::UntrustedChain { .. } => "untrusted_chain",
+            VerifyError::Expired { .. } => "expired",
+            VerifyError::NotYetValid { .. } => "not_yet_valid",
+            VerifyError::BadKeyUsage { .. } => "bad_key_usage",
+            VerifyError::IsCa { .. } => "is_ca",
+            VerifyError::NoUriSan => "no_uri_san",
+            VerifyError::MultipleUriSans { .. } => "multiple_uri_sans",
+            VerifyError::NotSpiffe { .. } => "not_spiffe",
+            VerifyError::NotAServiceId { .. } => "not_a_service_id",
+            VerifyError::WrongTrustDomain { .. } => "wrong_trust_domain",
+            VerifyError::WrongService { .. } => "wrong_service",
+            VerifyError::Unauthorized { .. } => "unauthorized",
+        }
+    }
+
     /// The verification error behind a rustls error raised by this crate's verifiers.
     ///
     /// rustls rejects a missing client certificate itself; that is reported as
