@@ -9,9 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::acl_rules::DefaultPolicy;
 use crate::cache::{CacheSettings, ConnectCache, EvictorHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::http::{router, AppState};
+use crate::state::acl::AclSettings;
 use crate::state::{CaSettings, Store, StoreSettings};
 
 /// Why agent-sim could not start.
@@ -46,11 +48,27 @@ pub struct AgentBuilder {
     datacenter: String,
     node_name: String,
     ca: CaSettings,
+    acl: AclSettings,
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
 }
 
 impl AgentBuilder {
+    /// Enforce ACLs with `default_policy` for what no rule covers (Consul's `acl.enabled` and
+    /// `acl.default_policy`).
+    pub fn acl(mut self, default_policy: DefaultPolicy) -> Self {
+        self.acl.enabled = true;
+        self.acl.default_policy = default_policy;
+        self
+    }
+
+    /// A management token to create at start (`acl.tokens.initial_management`, 1.4's
+    /// `acl_master_token`).
+    pub fn acl_initial_management_token(mut self, secret: impl Into<String>) -> Self {
+        self.acl.initial_management_token = Some(secret.into());
+        self
+    }
+
     /// Evict agent-cache entries unread for this long (default 72 h, as Consul).
     pub fn cache_unused_ttl(mut self, ttl: Duration) -> Self {
         self.cache.unused_ttl = ttl;
@@ -126,14 +144,12 @@ impl AgentBuilder {
             node_id: uuid::Uuid::new_v4().to_string(),
             node_address: addr.ip().to_string(),
             ca: self.ca,
+            acl: self.acl,
         };
         let store = Arc::new(Store::new(settings, self.clock)?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
-        let app = router(AppState {
-            store: store.clone(),
-            cache: cache.clone(),
-        });
+        let app = router(AppState::new(store.clone(), cache.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -173,6 +189,7 @@ impl Agent {
             datacenter: "dc1".into(),
             node_name: "agent-sim".into(),
             ca: CaSettings::default(),
+            acl: AclSettings::default(),
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acl_rules;
 pub mod agent;
 pub mod ca;
 pub mod cache;

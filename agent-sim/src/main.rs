@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use agent_sim::acl_rules::DefaultPolicy;
 use clap::Parser;
 
 /// Consul's Connect surface in one process: CA, intentions, discovery, blocking queries.
@@ -27,6 +28,65 @@ struct Cli {
     /// Fixed cluster ID (a UUID); random when unset.
     #[arg(long)]
     cluster_id: Option<String>,
+    /// Enforce ACLs.
+    #[arg(long)]
+    acl_enabled: bool,
+    /// What tokens may do where no rule matches: allow or deny.
+    #[arg(long, value_parser = ["allow", "deny"])]
+    acl_default_policy: Option<String>,
+    /// A management token to create at start.
+    #[arg(
+        long,
+        env = "AGENT_SIM_ACL_INITIAL_MANAGEMENT_TOKEN",
+        hide_env_values = true
+    )]
+    acl_initial_management_token: Option<String>,
+    /// A JSON config file with Consul's ACL settings: `acl_master_token`,
+    /// `acl_default_policy`, or the `acl` block (`enabled`, `default_policy`,
+    /// `tokens.initial_management` / `tokens.master`).
+    #[arg(long)]
+    config_file: Option<std::path::PathBuf>,
+}
+
+/// ACL settings from a config file, in Consul's 1.4 (`acl_master_token`) or later (`acl {}`)
+/// spelling.
+#[derive(Debug, Default)]
+struct FileAcl {
+    enabled: Option<bool>,
+    default_policy: Option<String>,
+    management_token: Option<String>,
+}
+
+fn read_config_file(path: &std::path::Path) -> Result<FileAcl, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let str_at = |v: &serde_json::Value, pointer: &str| {
+        v.pointer(pointer)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let mut acl = FileAcl {
+        enabled: json.pointer("/acl/enabled").and_then(|v| v.as_bool()),
+        default_policy: str_at(&json, "/acl/default_policy")
+            .or_else(|| str_at(&json, "/acl_default_policy")),
+        management_token: str_at(&json, "/acl/tokens/initial_management")
+            .or_else(|| str_at(&json, "/acl/tokens/master"))
+            .or_else(|| str_at(&json, "/acl_master_token")),
+    };
+    // In 1.4 setting acl_master_token (with acl_datacenter) turned ACLs on.
+    if acl.enabled.is_none() && json.get("acl_master_token").is_some() {
+        acl.enabled = Some(true);
+    }
+    if let Some(policy) = &acl.default_policy {
+        if policy != "allow" && policy != "deny" {
+            return Err(format!(
+                "{}: acl default policy must be allow or deny, not {policy:?}",
+                path.display()
+            ));
+        }
+    }
+    Ok(acl)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -43,6 +103,13 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let file = match cli.config_file.as_deref().map(read_config_file).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("agent-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut builder = agent_sim::Agent::builder()
         .http_addr(cli.http_addr)
         .datacenter(cli.datacenter)
@@ -50,6 +117,16 @@ async fn main() -> ExitCode {
         .leaf_cert_ttl(cli.leaf_cert_ttl);
     if let Some(id) = cli.cluster_id {
         builder = builder.cluster_id(id);
+    }
+    if cli.acl_enabled || file.enabled == Some(true) {
+        let policy = cli.acl_default_policy.or(file.default_policy);
+        builder = builder.acl(match policy.as_deref() {
+            Some("deny") => DefaultPolicy::Deny,
+            _ => DefaultPolicy::Allow,
+        });
+    }
+    if let Some(token) = cli.acl_initial_management_token.or(file.management_token) {
+        builder = builder.acl_initial_management_token(token);
     }
     let agent = match builder.start().await {
         Ok(agent) => agent,

@@ -9,7 +9,7 @@ use axum::Router;
 use consul_connect::api::ServiceRegistration;
 use serde_json::json;
 
-use super::{allow, decode_body, ApiError, AppState, Json, Query};
+use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};
 use crate::state::catalog::{CatalogError, ServiceFilter};
 use crate::state::Table;
 
@@ -94,9 +94,18 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-async fn register(State(app): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn register(
+    State(app): State<AppState>,
+    token: RequestToken,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let reg: ServiceRegistration = decode_body(&body, REGISTER_FIELDS)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let acl = app.acl(&token)?;
+    require(acl.service_write(&reg.name))?;
+    if let Some(proxy) = reg.proxy.as_ref().filter(|_| reg.kind == "connect-proxy") {
+        require(acl.service_write(&proxy.destination_service_name))?;
+    }
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
         inner.catalog.register(reg, index, now)?;
@@ -106,21 +115,44 @@ async fn register(State(app): State<AppState>, body: Bytes) -> Result<StatusCode
     Ok(StatusCode::OK)
 }
 
-async fn deregister(State(app): State<AppState>, Path(id): Path<String>) -> StatusCode {
-    app.store
-        .write(|inner, _, changes| {
-            if inner.catalog.deregister(&id) {
+async fn deregister(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    token: RequestToken,
+) -> Result<StatusCode, ApiError> {
+    let acl = app.acl(&token)?;
+    let acls_on = app.store.settings().acl.enabled;
+    app.store.write(|inner, _, changes| {
+        let name = inner
+            .catalog
+            .services()
+            .find(|s| s.reg.id == id)
+            .map(|s| s.reg.name.clone());
+        match name {
+            Some(name) => {
+                require(acl.service_write(&name))?;
+                inner.catalog.deregister(&id);
                 changes.touch(Table::Services);
             }
-            // With ACLs disabled Consul answers 200 for an unknown ID too.
-            Ok::<_, ApiError>(())
-        })
-        .map_or(StatusCode::INTERNAL_SERVER_ERROR, |_| StatusCode::OK)
+            // With ACLs enabled Consul's check finds no such service and says so; with ACLs
+            // off it answers 200 for an unknown ID.
+            None if acls_on => return Err(ApiError::Internal(format!("Unknown service {id:?}"))),
+            None => {}
+        }
+        Ok(())
+    })?;
+    Ok(StatusCode::OK)
 }
 
-async fn agent_services(State(app): State<AppState>, query: Query) -> Response {
-    let services = app.store.read(|inner| inner.catalog.agent_services());
-    Json::new(&services, &query).into_response()
+async fn agent_services(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
+    let mut services = app.store.read(|inner| inner.catalog.agent_services());
+    services.retain(|_, s| acl.service_read(&s.service));
+    Ok(Json::new(&services, &query).into_response())
 }
 
 async fn agent_self(State(app): State<AppState>, query: Query) -> Response {
@@ -204,38 +236,43 @@ enum Listing {
 async fn catalog_service(
     app: State<AppState>,
     name: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    discovery(app, name, query, Listing::Catalog, false).await
+    discovery(app, name, token, query, Listing::Catalog, false).await
 }
 
 async fn catalog_connect(
     app: State<AppState>,
     name: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    discovery(app, name, query, Listing::Catalog, true).await
+    discovery(app, name, token, query, Listing::Catalog, true).await
 }
 
 async fn health_service(
     app: State<AppState>,
     name: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    discovery(app, name, query, Listing::Health, false).await
+    discovery(app, name, token, query, Listing::Health, false).await
 }
 
 async fn health_connect(
     app: State<AppState>,
     name: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    discovery(app, name, query, Listing::Health, true).await
+    discovery(app, name, token, query, Listing::Health, true).await
 }
 
 async fn discovery(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    token: RequestToken,
     query: Query,
     listing: Listing,
     connect: bool,
@@ -253,6 +290,7 @@ async fn discovery(
             .collect(),
     };
     let now = app.store.clock().now();
+    let acl = app.acl(&token)?;
     let consistency = if query.has("stale") {
         "stale"
     } else {
@@ -263,7 +301,8 @@ async fn discovery(
             let (index, items) = app
                 .store
                 .block(Table::Services, blocking, |inner| {
-                    let items = inner.catalog.catalog_services(&name, &filter, now);
+                    let mut items = inner.catalog.catalog_services(&name, &filter, now);
+                    items.retain(|i| acl.service_read(&i.service_name) && acl.node_read(&i.node));
                     (inner.table_index(Table::Services), items)
                 })
                 .await;
@@ -273,7 +312,10 @@ async fn discovery(
             let (index, items) = app
                 .store
                 .block(Table::Services, blocking, |inner| {
-                    let items = inner.catalog.health_services(&name, &filter, now);
+                    let mut items = inner.catalog.health_services(&name, &filter, now);
+                    items.retain(|i| {
+                        acl.service_read(&i.service.service) && acl.node_read(&i.node.node)
+                    });
                     (inner.table_index(Table::Services), items)
                 })
                 .await;

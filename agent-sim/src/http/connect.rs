@@ -97,6 +97,7 @@ async fn leaf(
         &service,
     )
     .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
+    super::require(app.acl(&token)?.service_write(&service))?;
     let lookup = app.cache.leaf(&app.partition(&token), &id);
     let (_, leaf) = read_entry(lookup.value, blocking).await?;
     Ok(Json::new(&leaf.cert, &query)
@@ -105,12 +106,22 @@ async fn leaf(
         .into_response())
 }
 
-async fn ca_config(State(app): State<AppState>, query: Query) -> Response {
+async fn ca_config(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    super::require(app.acl(&token)?.operator_read())?;
     let config = app.store.read(|inner| inner.ca.config_view());
-    Json::new(&config, &query).into_response()
+    Ok(Json::new(&config, &query).into_response())
 }
 
-async fn set_ca_config(State(app): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn set_ca_config(
+    State(app): State<AppState>,
+    token: RequestToken,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    super::require(app.acl(&token)?.operator_write())?;
     let config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
     let now = app.store.clock().now();

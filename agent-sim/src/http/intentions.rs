@@ -10,9 +10,9 @@ use axum::Router;
 use consul_connect::api::{
     AuthorizeRequest, AuthorizeResponse, Intention, IntentionCheck, IntentionCreated,
 };
+use consul_connect::intentions::decide_matches;
 #[cfg(test)]
 use consul_connect::intentions::WILDCARD;
-use consul_connect::intentions::{decide_matches, DefaultDecision};
 use consul_connect::spiffe::SpiffeId;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
@@ -84,9 +84,14 @@ fn parse_entry(input: &str) -> Result<(String, String), String> {
     }
 }
 
-async fn list(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn list(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
+    let acl = app.acl(&token)?;
     let (index, list) = app
         .store
         .block(Table::Intentions, blocking, |inner| {
@@ -95,6 +100,7 @@ async fn list(State(app): State<AppState>, query: Query) -> Result<Response, Api
                 .set()
                 .all_sorted()
                 .into_iter()
+                .filter(|i| acl.intention_read(&i.destination_name))
                 .cloned()
                 .collect();
             (inner.table_index(Table::Intentions), list)
@@ -109,23 +115,40 @@ fn decode_intention(body: &[u8]) -> Result<Intention, String> {
 
 async fn create(
     State(app): State<AppState>,
+    token: RequestToken,
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let ixn = decode_intention(&body)
         .map_err(|e| ApiError::Internal(format!("Failed to decode request body: {e}")))?;
-    let id = write(&app, IntentionWrite::Create(ixn))?;
+    let id = write(&app, &token, IntentionWrite::Create(ixn))?;
     Ok(Json::new(&IntentionCreated { id }, &query).into_response())
 }
 
-fn write(app: &AppState, write: IntentionWrite) -> Result<String, ApiError> {
+/// Applies a write after checking `intentions:write` on the new and the stored destination.
+fn write(app: &AppState, token: &RequestToken, write: IntentionWrite) -> Result<String, ApiError> {
+    let acl = app.acl(token)?;
     let now = app.store.clock().now();
-    Ok(app.store.write(|inner, index, changes| {
+    app.store.write(|inner, index, changes| {
+        let set = inner.intentions.set();
+        let stored = |id: &str| {
+            set.get(id)
+                .map(|i| i.destination_name.clone())
+                .ok_or_else(|| IntentionWriteError::NotFound(id.to_owned()))
+        };
+        let destinations = match &write {
+            IntentionWrite::Create(ixn) => vec![ixn.destination_name.clone()],
+            IntentionWrite::Update(id, ixn) => vec![stored(id)?, ixn.destination_name.clone()],
+            IntentionWrite::Delete(id) => vec![stored(id)?],
+        };
+        for destination in destinations {
+            super::require(acl.intention_write(&destination))?;
+        }
         let id = inner.intentions.apply(write, index, now)?;
         changes.touch(Table::Intentions);
-        Ok::<_, IntentionWriteError>(id)
-    })?)
+        Ok(id)
+    })
 }
 
 /// Consul looks intentions up by UUID and says so when the ID is not one.
@@ -146,41 +169,50 @@ fn check_uuid(id: &str) -> Result<(), ApiError> {
 async fn get_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     check_uuid(&id)?;
+    let acl = app.acl(&token)?;
     let ixn = app
         .store
         .read(|inner| inner.intentions.set().get(&id).cloned())
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.into()))?;
+    super::require(acl.intention_read(&ixn.destination_name))?;
     Ok(Json::new(&ixn, &query).into_response())
 }
 
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    token: RequestToken,
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let ixn = decode_intention(&body)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
-    let id = write(&app, IntentionWrite::Update(id, ixn))?;
+    let id = write(&app, &token, IntentionWrite::Update(id, ixn))?;
     Ok(Json::new(&IntentionCreated { id }, &query).into_response())
 }
 
 async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
-    write(&app, IntentionWrite::Delete(id))?;
+    write(&app, &token, IntentionWrite::Delete(id))?;
     Ok(Json::new(&true, &query).into_response())
 }
 
-async fn matches(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn matches(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
     let by = match query.all("by").collect::<Vec<_>>().as_slice() {
@@ -212,6 +244,10 @@ async fn matches(State(app): State<AppState>, query: Query) -> Result<Response, 
             parse_entry(n).map_err(|e| ApiError::Internal(format!("name {n:?} is invalid: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let acl = app.acl(&token)?;
+    for (_, name) in &entries {
+        super::require(acl.intention_read(name))?;
+    }
     // The match RPC blocks like any other; Consul 1.4.5 sends no index header for it.
     let (_, result) = app
         .store
@@ -236,7 +272,11 @@ async fn matches(State(app): State<AppState>, query: Query) -> Result<Response, 
     Ok(Json::new(&result, &query).into_response())
 }
 
-async fn check(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn check(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let source_type = query.get("source-type").unwrap_or("consul");
     let one = |key: &str| match query.all(key).collect::<Vec<_>>().as_slice() {
@@ -256,19 +296,17 @@ async fn check(State(app): State<AppState>, query: Query) -> Result<Response, Ap
         .map_err(|e| ApiError::Internal(format!("source {source:?} is invalid: {e}")))?;
     let (dst_ns, dst_name) = parse_entry(&destination)
         .map_err(|e| ApiError::Internal(format!("destination {destination:?} is invalid: {e}")))?;
+    // Consul checks service:read on the destination here (its docs say intentions:read).
+    super::require(app.acl(&token)?.service_read(&dst_name))?;
+    let default = app.default_decision();
     let allowed = app.store.read(|inner| {
         inner
             .intentions
             .set()
-            .check(&src_ns, &src_name, &dst_ns, &dst_name, default_decision())
+            .check(&src_ns, &src_name, &dst_ns, &dst_name, default)
             .allowed
     });
     Ok(Json::new(&IntentionCheck { allowed }, &query).into_response())
-}
-
-/// The decision when no intention matches (ACLs are not enabled in this agent yet).
-fn default_decision() -> DefaultDecision {
-    DefaultDecision::AclsDisabled
 }
 
 /// `?source=` and `?destination=` of the `exact` API: each exactly once (and, for writes,
@@ -309,9 +347,14 @@ fn find_exact(
         .cloned()
 }
 
-async fn exact_get(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn exact_get(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, false)?;
+    super::require(app.acl(&token)?.intention_read(&dst.1))?;
     let ixn = app
         .store
         .read(|inner| find_exact(inner.intentions.set(), &src, &dst))
@@ -321,11 +364,13 @@ async fn exact_get(State(app): State<AppState>, query: Query) -> Result<Response
 
 async fn exact_put(
     State(app): State<AppState>,
+    token: RequestToken,
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, true)?;
+    super::require(app.acl(&token)?.intention_write(&dst.1))?;
     let mut ixn = decode_intention(&body)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
     ixn.source_ns = src.0.clone();
@@ -354,9 +399,14 @@ async fn exact_put(
     Ok(Json::new(&true, &query).into_response())
 }
 
-async fn exact_delete(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn exact_delete(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, true)?;
+    super::require(app.acl(&token)?.intention_write(&dst.1))?;
     app.store.write(|inner, index, changes| {
         if let Some(existing) = find_exact(inner.intentions.set(), &src, &dst) {
             inner.intentions.apply(
@@ -397,13 +447,14 @@ async fn authorize(
             ))
         }
     };
+    super::require(app.acl(&token)?.service_write(&req.target))?;
     // The agent decides from its cached match list for the target: no store access on a hit.
     let lookup = app.cache.matches(&app.partition(&token), &req.target);
     let current = app.store.current_index(Table::Intentions);
     let (_, matches) = crate::cache::caught_up(lookup.value, current)
         .await
         .ok_or_else(|| ApiError::Internal("agent cache: no intentions fetched".into()))?;
-    let decision = decide_matches(matches.iter(), &client, default_decision());
+    let decision = decide_matches(matches.iter(), &client, app.default_decision());
     let resp = AuthorizeResponse {
         authorized: decision.allowed,
         reason: decision.reason,

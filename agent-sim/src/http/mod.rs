@@ -1,5 +1,6 @@
 //! agent-sim's HTTP API: Consul's routes, status codes, messages and headers.
 
+mod acl;
 mod catalog;
 mod connect;
 mod intentions;
@@ -15,8 +16,10 @@ use axum::Router;
 use rand::Rng;
 use serde::Serialize;
 
+use crate::acl_rules::{Authorizer, DefaultPolicy};
 use crate::cache::{ConnectCache, Partition};
-use crate::state::{Blocking, Store};
+use crate::state::acl::AclError;
+use crate::state::{Blocking, Store, Table};
 
 /// Consul's longest blocking wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -32,9 +35,69 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The agent cache for `/v1/agent/connect/*`.
     pub cache: Arc<ConnectCache>,
+    /// Resolved token authorizers, valid for one ACL table index.
+    acl_cache: Arc<std::sync::Mutex<AclCache>>,
+    allow_all: Arc<Authorizer>,
+}
+
+#[derive(Debug, Default)]
+struct AclCache {
+    index: u64,
+    by_secret: std::collections::HashMap<String, Arc<Authorizer>>,
 }
 
 impl AppState {
+    /// State for the router.
+    pub fn new(store: Arc<Store>, cache: Arc<ConnectCache>) -> Self {
+        Self {
+            store,
+            cache,
+            acl_cache: Arc::default(),
+            allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
+        }
+    }
+
+    /// What the request's token may do. With ACLs off, everything. Resolved tokens are kept
+    /// until the ACL table changes, so cache hits do not touch the store.
+    pub fn acl(&self, token: &RequestToken) -> Result<Arc<Authorizer>, ApiError> {
+        let settings = &self.store.settings().acl;
+        if !settings.enabled {
+            return Ok(self.allow_all.clone());
+        }
+        let index = self.store.current_index(Table::Acl);
+        {
+            let cache = self.acl_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.index == index {
+                if let Some(found) = cache.by_secret.get(&token.0) {
+                    return Ok(found.clone());
+                }
+            }
+        }
+        let authorizer = Arc::new(
+            self.store
+                .read(|inner| inner.acl.authorizer(&token.0, settings.default_policy))?,
+        );
+        let mut cache = self.acl_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.index != index {
+            cache.by_secret.clear();
+            cache.index = index;
+        }
+        cache.by_secret.insert(token.0.clone(), authorizer.clone());
+        Ok(authorizer)
+    }
+
+    /// The authorize decision when no intention matches: Consul resolves the anonymous
+    /// token, so it follows the ACL default policy (or allows when ACLs are off).
+    pub fn default_decision(&self) -> consul_connect::intentions::DefaultDecision {
+        use consul_connect::intentions::DefaultDecision;
+        let acl = &self.store.settings().acl;
+        match (acl.enabled, acl.default_policy) {
+            (false, _) => DefaultDecision::AclsDisabled,
+            (true, DefaultPolicy::Allow) => DefaultDecision::AclDefaultAllow,
+            (true, DefaultPolicy::Deny) => DefaultDecision::AclDefaultDeny,
+        }
+    }
+
     /// The cache partition of a request: the agent's datacenter and the caller's token.
     pub fn partition(&self, token: &RequestToken) -> Partition {
         Partition {
@@ -87,6 +150,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestToken {
 /// The full router.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(acl::routes())
         .merge(catalog::routes())
         .merge(connect::routes())
         .merge(intentions::routes())
@@ -126,6 +190,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 400 from a typed bad-request error: `Bad request: <msg>`.
     BadRequestPrefixed(String),
+    /// 401.
+    Unauthorized(String),
     /// 403.
     Forbidden(String),
     /// 404.
@@ -136,6 +202,35 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<AclError> for ApiError {
+    fn from(e: AclError) -> Self {
+        match e {
+            AclError::NotFound | AclError::PermissionDenied | AclError::BootstrapDone(_) => {
+                ApiError::Forbidden(e.to_string())
+            }
+            AclError::Disabled => ApiError::Unauthorized(e.to_string()),
+            AclError::Invalid(m) => ApiError::Internal(m),
+            AclError::NoSuchPolicy => ApiError::NotFound(String::new()),
+        }
+    }
+}
+
+impl ApiError {
+    /// 403 `Permission denied`.
+    pub fn denied() -> Self {
+        ApiError::Forbidden("Permission denied".into())
+    }
+}
+
+/// `Ok` when `allowed`, else 403 `Permission denied`.
+pub fn require(allowed: bool) -> Result<(), ApiError> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::denied())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
@@ -143,6 +238,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequestPrefixed(m) => {
                 (StatusCode::BAD_REQUEST, format!("Bad request: {m}"))
             }
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::RateLimited => (

@@ -1,6 +1,7 @@
 //! The state store: every table agent-sim serves, one monotonically increasing index (like
 //! Raft's), and per-table change notification for blocking queries.
 
+pub mod acl;
 pub mod ca;
 pub mod catalog;
 pub mod intentions;
@@ -27,14 +28,17 @@ pub enum Table {
     CaConfig,
     /// Intentions.
     Intentions,
+    /// ACL tokens and policies.
+    Acl,
 }
 
 impl Table {
-    const ALL: [Table; 4] = [
+    const ALL: [Table; 5] = [
         Table::Services,
         Table::Roots,
         Table::CaConfig,
         Table::Intentions,
+        Table::Acl,
     ];
 
     fn slot(self) -> usize {
@@ -55,6 +59,8 @@ pub struct StoreSettings {
     pub node_address: String,
     /// CA settings.
     pub ca: CaSettings,
+    /// ACL settings.
+    pub acl: acl::AclSettings,
 }
 
 /// Everything under the store's lock.
@@ -68,6 +74,8 @@ pub struct Inner {
     pub ca: CaState,
     /// Intentions.
     pub intentions: intentions::Intentions,
+    /// ACL tokens and policies.
+    pub acl: acl::AclState,
 }
 
 impl Inner {
@@ -134,12 +142,14 @@ impl Store {
         };
         let catalog = Catalog::new(&settings, next());
         let ca = CaState::bootstrap(&settings.ca, clock.now(), &mut next)?;
+        let acl = acl::AclState::new(&settings.acl, next(), clock.now());
         let mut inner = Inner {
             index: 0,
             table_index: [0; Table::ALL.len()],
             catalog,
             ca,
             intentions: intentions::Intentions::default(),
+            acl,
         };
         inner.index = index;
         for table in Table::ALL {
