@@ -28,9 +28,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The CA could not be set up.
-    #[error("cannot bootstrap the CA: {0}")]
-    Ca(#[from] crate::ca::CaError),
+    /// The CA or the data directory could not be set up.
+    #[error("cannot open the state store: {0}")]
+    Store(#[from] crate::state::OpenError),
 }
 
 /// Configures and starts an agent.
@@ -51,9 +51,17 @@ pub struct AgentBuilder {
     acl: AclSettings,
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentBuilder {
+    /// Keep state in `dir` (CA key and roots, intentions, services, ACLs), saved before each
+    /// write is acknowledged and loaded at start. Without it the agent is in-memory (`--dev`).
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Enforce ACLs with `default_policy` for what no rule covers (Consul's `acl.enabled` and
     /// `acl.default_policy`).
     pub fn acl(mut self, default_policy: DefaultPolicy) -> Self {
@@ -146,7 +154,7 @@ impl AgentBuilder {
             ca: self.ca,
             acl: self.acl,
         };
-        let store = Arc::new(Store::new(settings, self.clock)?);
+        let store = Arc::new(Store::open(settings, self.clock, self.data_dir.as_deref())?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let app = router(AppState::new(store.clone(), cache.clone()));
@@ -192,6 +200,7 @@ impl Agent {
             acl: AclSettings::default(),
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
+            data_dir: None,
         }
     }
 

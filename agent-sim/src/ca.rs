@@ -2041,3 +2041,9 @@ mod tests {
         );
     }
 }
+
+impl From<crate::state::persist::PersistError> for CaError {
+    fn from(e: crate::state::persist::PersistError) -> Self {
+        CaError::Config(e.to_string())
+    }
+}

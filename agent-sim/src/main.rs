@@ -10,9 +10,13 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "agent-sim", version)]
 struct Cli {
-    /// In-memory state (the default; kept for Consul's `-dev` habit).
-    #[arg(long, default_value_t = true)]
+    /// In-memory state, lost at exit (the default unless --data-dir is given).
+    #[arg(long, conflicts_with = "data_dir")]
     dev: bool,
+    /// Keep state in this directory (CA key and roots, intentions, services, ACLs), saved
+    /// before each write is acknowledged.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8500")]
     http_addr: SocketAddr,
@@ -117,6 +121,9 @@ async fn main() -> ExitCode {
         .leaf_cert_ttl(cli.leaf_cert_ttl);
     if let Some(id) = cli.cluster_id {
         builder = builder.cluster_id(id);
+    }
+    if let Some(dir) = cli.data_dir {
+        builder = builder.data_dir(dir);
     }
     if cli.acl_enabled || file.enabled == Some(true) {
         let policy = cli.acl_default_policy.or(file.default_policy);

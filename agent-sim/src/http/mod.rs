@@ -215,6 +215,13 @@ impl From<AclError> for ApiError {
     }
 }
 
+impl From<crate::state::persist::PersistError> for ApiError {
+    fn from(e: crate::state::persist::PersistError) -> Self {
+        tracing::error!(error = %e, "write not saved to the data dir");
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl ApiError {
     /// 403 `Permission denied`.
     pub fn denied() -> Self {

@@ -112,6 +112,37 @@ impl AclState {
         state
     }
 
+    /// What `--data-dir` keeps.
+    pub fn snapshot(&self) -> super::persist::AclSnapshot {
+        super::persist::AclSnapshot {
+            policies: self.policies.values().cloned().collect(),
+            tokens: self.tokens.values().cloned().collect(),
+            bootstrap_index: self.bootstrap_index,
+        }
+    }
+
+    /// ACL state restored from `--data-dir`; the initial management token of this start is
+    /// added if it is not there yet.
+    pub(super) fn restore(
+        saved: super::persist::AclSnapshot,
+        settings: &AclSettings,
+        index: u64,
+        now: OffsetDateTime,
+    ) -> Self {
+        let mut state = Self::new(settings, index, now);
+        for policy in saved.policies {
+            state.policies.insert(policy.id.clone(), policy);
+        }
+        for token in saved.tokens {
+            if let Some(old) = state.by_secret.get(&token.secret_id).cloned() {
+                state.tokens.remove(&old);
+            }
+            state.insert_token(token);
+        }
+        state.bootstrap_index = saved.bootstrap_index;
+        state
+    }
+
     /// The token with this secret; the empty secret is the anonymous token.
     pub fn token_by_secret(&self, secret: &str) -> Option<&AclToken> {
         let secret = if secret.is_empty() {
@@ -359,4 +390,10 @@ fn hash_of(parts: &[&str]) -> String {
     }
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+impl From<super::persist::PersistError> for AclError {
+    fn from(e: super::persist::PersistError) -> Self {
+        AclError::Invalid(e.to_string())
+    }
 }

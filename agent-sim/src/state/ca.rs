@@ -112,6 +112,41 @@ impl CaState {
         })
     }
 
+    /// What `--data-dir` keeps of the CA.
+    pub fn snapshot(&self) -> super::persist::CaSnapshot {
+        super::persist::CaSnapshot {
+            private_key_pem: self.provider.private_key_pem(),
+            roots: self.roots.clone(),
+            config: self.config.clone(),
+        }
+    }
+
+    /// The CA as saved: same trust domain, roots and signing key, so leaves issued before a
+    /// restart stay valid.
+    pub fn restore(cluster_id: &str, saved: super::persist::CaSnapshot) -> Result<Self, CaError> {
+        let trust_domain = TrustDomain::new(&format!("{cluster_id}.consul"))
+            .map_err(|e| CaError::Config(format!("invalid cluster ID {cluster_id:?}: {e}")))?;
+        let active = saved
+            .roots
+            .iter()
+            .find(|r| r.active)
+            .ok_or_else(|| CaError::Config("saved state has no active root".into()))?;
+        let key = EcKey::from_pem(&saved.private_key_pem)?;
+        let provider = BuiltinCa::from_parts(trust_domain.clone(), &active.root_cert, key)?;
+        Ok(Self {
+            trust_domain,
+            cluster_id: cluster_id.to_owned(),
+            provider: Box::new(provider),
+            roots: saved.roots,
+            config: saved.config,
+        })
+    }
+
+    /// The cluster ID.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
     /// The trust domain, `<cluster-id>.consul`.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain

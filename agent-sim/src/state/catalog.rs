@@ -177,6 +177,37 @@ impl Catalog {
         }
     }
 
+    /// What `--data-dir` keeps: the registrations (check states start afresh).
+    pub fn snapshot(&self) -> Vec<super::persist::ServiceSnapshot> {
+        self.services
+            .values()
+            .map(|s| super::persist::ServiceSnapshot {
+                registration: s.reg.clone(),
+                create_index: s.create_index,
+                modify_index: s.modify_index,
+            })
+            .collect()
+    }
+
+    /// Registers saved services again.
+    pub(super) fn restore(
+        &mut self,
+        saved: Vec<super::persist::ServiceSnapshot>,
+        now: OffsetDateTime,
+    ) {
+        for s in saved {
+            let id = s.registration.id.clone();
+            match self.insert(s.registration, s.modify_index, now) {
+                Ok(()) => {
+                    if let Some(instance) = self.services.get_mut(&id) {
+                        instance.create_index = s.create_index;
+                    }
+                }
+                Err(e) => tracing::warn!(service = %id, error = %e, "saved service not restored"),
+            }
+        }
+    }
+
     /// The node.
     pub fn node(&self) -> &NodeInfo {
         &self.node

@@ -39,6 +39,17 @@ pub struct Intentions {
 }
 
 impl Intentions {
+    /// Intentions restored from `--data-dir`.
+    pub(super) fn restore(saved: Vec<Intention>) -> Self {
+        let mut set = IntentionSet::new();
+        for ixn in saved {
+            if let Err(e) = set.insert(ixn) {
+                tracing::warn!(error = %e, "saved intention not restored");
+            }
+        }
+        Self { set }
+    }
+
     /// The indexed set.
     pub fn set(&self) -> &IntentionSet {
         &self.set
@@ -96,5 +107,11 @@ impl Intentions {
             .insert(ixn)
             .map_err(|e| IntentionWriteError::Duplicate(e.to_string()))?;
         Ok(id)
+    }
+}
+
+impl From<super::persist::PersistError> for IntentionWriteError {
+    fn from(e: super::persist::PersistError) -> Self {
+        IntentionWriteError::Invalid(e.to_string())
     }
 }

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod catalog;
 pub mod intentions;
 pub mod leaf;
+pub mod persist;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub struct StoreSettings {
 #[derive(Debug)]
 pub struct Inner {
     index: u64,
+    /// With `--data-dir`: indexes up to this are reserved on disk.
+    reserved_index: u64,
     table_index: [u64; Table::ALL.len()],
     /// Node, services and checks.
     pub catalog: Catalog,
@@ -78,7 +81,81 @@ pub struct Inner {
     pub acl: acl::AclState,
 }
 
+/// Indexes reserved on disk at each save.
+const INDEX_RESERVE: u64 = 10_000;
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The CA could not be set up.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The data directory could not be used.
+    #[error(transparent)]
+    DataDir(#[from] persist::PersistError),
+}
+
 impl Inner {
+    fn bootstrap(
+        settings: &StoreSettings,
+        now: time::OffsetDateTime,
+    ) -> Result<Self, crate::ca::CaError> {
+        let mut index = 0;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        let catalog = Catalog::new(settings, next());
+        let ca = CaState::bootstrap(&settings.ca, now, &mut next)?;
+        let acl = acl::AclState::new(&settings.acl, next(), now);
+        let mut inner = Inner {
+            index: 0,
+            reserved_index: 0,
+            table_index: [0; Table::ALL.len()],
+            catalog,
+            ca,
+            intentions: intentions::Intentions::default(),
+            acl,
+        };
+        inner.index = index;
+        inner.table_index = [index; Table::ALL.len()];
+        Ok(inner)
+    }
+
+    fn restore(
+        settings: &StoreSettings,
+        saved: persist::Snapshot,
+        now: time::OffsetDateTime,
+    ) -> Result<Self, crate::ca::CaError> {
+        let index = saved.index;
+        let mut catalog = Catalog::new(settings, 1);
+        catalog.restore(saved.services, now);
+        let mut inner = Inner {
+            index,
+            reserved_index: index,
+            table_index: [index; Table::ALL.len()],
+            catalog,
+            ca: CaState::restore(&saved.cluster_id, saved.ca)?,
+            intentions: intentions::Intentions::restore(saved.intentions),
+            acl: acl::AclState::restore(saved.acl, &settings.acl, index, now),
+        };
+        inner.index = index;
+        Ok(inner)
+    }
+
+    fn snapshot(&self) -> persist::Snapshot {
+        persist::Snapshot {
+            version: 1,
+            index: self.reserved_index,
+            cluster_id: self.ca.cluster_id().to_owned(),
+            ca: self.ca.snapshot(),
+            services: self.catalog.snapshot(),
+            intentions: self.intentions.set().iter().cloned().collect(),
+            acl: self.acl.snapshot(),
+        }
+    }
+
     /// Allocates the next index (for a write or a certificate serial).
     pub fn next_index(&mut self) -> u64 {
         self.index += 1;
@@ -119,6 +196,8 @@ pub struct Store {
     notify: Vec<watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     settings: StoreSettings,
+    /// Where acknowledged writes are kept, with `--data-dir`.
+    data_dir: Option<persist::DataDir>,
     /// Fixed at bootstrap (the cluster ID never changes), so readable without the lock.
     trust_domain: consul_connect::spiffe::TrustDomain,
 }
@@ -133,36 +212,55 @@ pub struct Blocking {
 }
 
 impl Store {
-    /// A new store with a fresh CA.
-    pub fn new(settings: StoreSettings, clock: Arc<dyn Clock>) -> Result<Self, crate::ca::CaError> {
-        let mut index = 0;
-        let mut next = || {
-            index += 1;
-            index
+    /// A new in-memory store with a fresh CA.
+    pub fn new(settings: StoreSettings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open(settings, clock, None)
+    }
+
+    /// A store kept in `data_dir` when given: the saved state is loaded if there is one,
+    /// and every acknowledged write is saved before it returns.
+    pub fn open(
+        settings: StoreSettings,
+        clock: Arc<dyn Clock>,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Self, OpenError> {
+        let (dir, saved) = match data_dir {
+            Some(path) => {
+                let (dir, saved) = persist::DataDir::open(path)?;
+                (Some(dir), saved)
+            }
+            None => (None, None),
         };
-        let catalog = Catalog::new(&settings, next());
-        let ca = CaState::bootstrap(&settings.ca, clock.now(), &mut next)?;
-        let acl = acl::AclState::new(&settings.acl, next(), clock.now());
-        let mut inner = Inner {
-            index: 0,
-            table_index: [0; Table::ALL.len()],
-            catalog,
-            ca,
-            intentions: intentions::Intentions::default(),
-            acl,
+        let now = clock.now();
+        let inner = match saved {
+            Some(saved) => Inner::restore(&settings, saved, now)?,
+            None => Inner::bootstrap(&settings, now)?,
         };
-        inner.index = index;
-        for table in Table::ALL {
-            inner.table_index[table.slot()] = index;
-        }
-        Ok(Self {
+        let index = inner.index;
+        let store = Self {
             trust_domain: inner.ca.trust_domain().clone(),
             notify: Table::ALL.iter().map(|_| watch::channel(index).0).collect(),
             inner: Mutex::new(inner),
             accesses: std::sync::atomic::AtomicU64::new(0),
             clock,
             settings,
-        })
+            data_dir: dir,
+        };
+        if store.data_dir.is_some() {
+            let mut inner = store.lock();
+            store.save(&mut inner)?;
+        }
+        Ok(store)
+    }
+
+    /// Saves the state (with a block of indexes reserved, so serials never repeat after a
+    /// restart even if leaves were issued since the last save).
+    fn save(&self, inner: &mut Inner) -> Result<(), persist::PersistError> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(());
+        };
+        inner.reserved_index = inner.index + INDEX_RESERVE;
+        dir.save(&inner.snapshot())
     }
 
     /// The agent's fixed settings.
@@ -187,7 +285,10 @@ impl Store {
 
     /// Writes under the lock. `f` gets the write's index (to stamp records with) and marks the
     /// tables it changed; those tables take the index and wake their blocking queries.
-    pub fn write<R, E>(
+    ///
+    /// With `--data-dir`, the new state is saved before this returns; a failed save is an
+    /// error (the write is not acknowledged).
+    pub fn write<R, E: From<persist::PersistError>>(
         &self,
         f: impl FnOnce(&mut Inner, u64, &mut Changes) -> Result<R, E>,
     ) -> Result<R, E> {
@@ -206,6 +307,13 @@ impl Store {
                 inner.touch(*table, last);
             }
             let touched: Vec<_> = changes.tables.iter().map(|t| (*t, last)).collect();
+            let must_save = !touched.is_empty() || inner.index >= inner.reserved_index;
+            let result = match result {
+                Ok(r) if must_save && self.data_dir.is_some() => {
+                    self.save(&mut inner).map(|()| r).map_err(E::from)
+                }
+                other => other,
+            };
             (result, touched)
         };
         for (table, index) in touched.1 {

@@ -1,0 +1,161 @@
+//! `--data-dir`: the state that must survive a restart (CA key and roots, intentions,
+//! services, ACL tokens and policies), written before a write is acknowledged.
+//!
+//! Every acknowledged write replaces `state.json` atomically: the new state goes to a
+//! temporary file, which is fsynced, renamed over the old one, and the directory fsynced. A
+//! crash at any point leaves either the previous or the new state, never a torn file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use consul_connect::api::{
+    AclPolicy, AclToken, CaConfiguration, CaRoot, Intention, ServiceRegistration,
+};
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// Why the data directory could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("data dir {path}: {what}: {source}")]
+pub struct PersistError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What was being done.
+    pub what: &'static str,
+    /// The I/O or format error.
+    pub source: io::Error,
+}
+
+/// Everything persisted, as one document.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format version.
+    pub version: u32,
+    /// The store index, so indexes keep increasing across restarts.
+    pub index: u64,
+    /// The cluster ID (the trust domain follows from it).
+    pub cluster_id: String,
+    /// The CA.
+    pub ca: CaSnapshot,
+    /// Registered services.
+    pub services: Vec<ServiceSnapshot>,
+    /// Intentions.
+    pub intentions: Vec<Intention>,
+    /// ACL state.
+    pub acl: AclSnapshot,
+}
+
+/// The CA's persisted state. Holds the CA private key: the file is created owner-only.
+#[derive(Serialize, Deserialize)]
+pub struct CaSnapshot {
+    /// The active provider's key, PEM.
+    pub private_key_pem: String,
+    /// All roots as listed.
+    pub roots: Vec<CaRoot>,
+    /// The configuration as stored.
+    pub config: CaConfiguration,
+}
+
+/// A registered service.
+#[derive(Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    /// The registration with defaults filled in.
+    pub registration: ServiceRegistration,
+    /// Index of creation.
+    pub create_index: u64,
+    /// Index of last change.
+    pub modify_index: u64,
+}
+
+/// ACL tokens (with secrets) and policies.
+#[derive(Serialize, Deserialize)]
+pub struct AclSnapshot {
+    /// Policies.
+    pub policies: Vec<AclPolicy>,
+    /// Tokens.
+    pub tokens: Vec<AclToken>,
+    /// Index of the bootstrap, once done.
+    pub bootstrap_index: Option<u64>,
+}
+
+/// A data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    dir: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating it if needed) `dir`, returning the saved snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<(DataDir, Option<Snapshot>), PersistError> {
+        let err = |what, source| PersistError {
+            path: dir.to_owned(),
+            what,
+            source,
+        };
+        fs::create_dir_all(dir).map_err(|e| err("create", e))?;
+        let data = DataDir {
+            dir: dir.to_owned(),
+        };
+        let path = data.dir.join(STATE_FILE);
+        let snapshot = match fs::read(&path) {
+            Ok(bytes) => {
+                let snapshot: Snapshot =
+                    serde_json::from_slice(&bytes).map_err(|e| PersistError {
+                        path: path.clone(),
+                        what: "parse",
+                        source: io::Error::new(io::ErrorKind::InvalidData, e),
+                    })?;
+                if snapshot.version != FORMAT_VERSION {
+                    return Err(PersistError {
+                        path,
+                        what: "read",
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("unsupported format version {}", snapshot.version),
+                        ),
+                    });
+                }
+                Some(snapshot)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err("read", e)),
+        };
+        Ok((data, snapshot))
+    }
+
+    /// Replaces the saved state with `snapshot`, durably.
+    pub fn save(&self, snapshot: &Snapshot) -> Result<(), PersistError> {
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let err = |path: &Path, what, source| PersistError {
+            path: path.to_owned(),
+            what,
+            source,
+        };
+        let bytes = serde_json::to_vec(snapshot).map_err(|e| {
+            err(
+                &tmp,
+                "encode",
+                io::Error::new(io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp).map_err(|e| err(&tmp, "create", e))?;
+        file.write_all(&bytes).map_err(|e| err(&tmp, "write", e))?;
+        file.sync_all().map_err(|e| err(&tmp, "fsync", e))?;
+        let target = self.dir.join(STATE_FILE);
+        fs::rename(&tmp, &target).map_err(|e| err(&target, "rename", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(&self.dir, "fsync", e))?;
+        Ok(())
+    }
+}
