@@ -1013,6 +1013,12 @@ fn check_encodable(t: OffsetDateTime) -> Result<(), CaError> {
     }
 }
 
+impl From<crate::state::persist::PersistError> for CaError {
+    fn from(e: crate::state::persist::PersistError) -> Self {
+        CaError::Config(e.to_string())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -2039,11 +2045,5 @@ mod tests {
                 "A".repeat(64)
             )
         );
-    }
-}
-
-impl From<crate::state::persist::PersistError> for CaError {
-    fn from(e: crate::state::persist::PersistError) -> Self {
-        CaError::Config(e.to_string())
     }
 }
