@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::api::{
     AuthorizeRequest, AuthorizeResponse, CaRootList, Intention, IntentionCreated, IntentionMatches,
-    LeafCert, ServiceEntry, ServiceRegistration,
+    LeafCert, PreparedQueryResult, ServiceEntry, ServiceRegistration,
 };
 
 /// The agent Consul clients talk to when `CONSUL_HTTP_ADDR` is unset.
@@ -291,6 +291,17 @@ impl AgentClient {
             opts,
         )
         .await
+    }
+
+    /// `GET /v1/query/<id or name>/execute?connect=true`: Connect-capable instances found by a
+    /// prepared query.
+    pub async fn execute_query_connect(
+        &self,
+        query: &str,
+        opts: &QueryOptions,
+    ) -> Result<Indexed<PreparedQueryResult>, AgentError> {
+        let path = format!("/v1/query/{}/execute", encode(query));
+        self.get(&path, &[("connect", "true")], opts).await
     }
 
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.

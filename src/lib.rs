@@ -24,6 +24,9 @@ pub mod agent;
 pub mod api;
 pub mod authz;
 pub mod dialer;
+#[cfg(feature = "tonic")]
+pub mod grpc;
+pub mod http;
 pub mod intentions;
 pub mod listener;
 pub mod resolve;

@@ -161,6 +161,70 @@ impl Resolver for CatalogResolver {
     }
 }
 
+/// Connect-capable instances found by a prepared query
+/// (`/v1/query/<name>/execute?connect=true`), in the order the agent returns them (a prepared
+/// query may sort by distance or fail over to other datacenters).
+///
+/// ```
+/// # fn run(agent: consul_connect::AgentClient) {
+/// use consul_connect::resolve::PreparedQueryResolver;
+/// let db = PreparedQueryResolver::new(agent, "db-nearest");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PreparedQueryResolver {
+    agent: AgentClient,
+    query: String,
+    datacenter: Option<String>,
+}
+
+impl PreparedQueryResolver {
+    /// Executes the query named (or with the ID) `query` through `agent`.
+    pub fn new(agent: AgentClient, query: impl Into<String>) -> Self {
+        Self {
+            agent,
+            query: query.into(),
+            datacenter: None,
+        }
+    }
+
+    /// Executes it in this datacenter.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+}
+
+#[async_trait]
+impl Resolver for PreparedQueryResolver {
+    fn service(&self) -> &str {
+        &self.query
+    }
+
+    async fn resolve(&self) -> Result<Vec<Candidate>, ResolveError> {
+        let opts = QueryOptions {
+            datacenter: self.datacenter.clone(),
+            ..QueryOptions::default()
+        };
+        let result = self
+            .agent
+            .execute_query_connect(&self.query, &opts)
+            .await
+            .map_err(|source| ResolveError::Agent {
+                service: self.query.clone(),
+                source,
+            })?
+            .value;
+        let candidates: Vec<Candidate> = result.nodes.iter().filter_map(candidate).collect();
+        if candidates.is_empty() {
+            return Err(ResolveError::NoInstances {
+                service: self.query.clone(),
+            });
+        }
+        Ok(candidates)
+    }
+}
+
 /// The address and expected identity of a health entry, as Consul's Go resolver derives them:
 /// the service's address or else the node's; a native service proves its own name, a proxy its
 /// destination's; the datacenter is the node's.

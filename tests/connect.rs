@@ -632,3 +632,80 @@ async fn material_keeps_serving_when_the_agent_goes_away() {
         "existing material and in-process intentions keep serving"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_query_resolver_tries_the_next_instance() {
+    use consul_connect::resolve::PreparedQueryResolver;
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let raw = Raw::new(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let (live, _) = echo_server(&db).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for (id, port) in [("db-a-dead", dead.port()), ("db-b-live", live.port())] {
+        let body = format!(
+            r#"{{"ID":"{id}","Name":"db","Address":"127.0.0.1","Port":{port},"Connect":{{"Native":true}}}}"#
+        );
+        assert_eq!(
+            raw.put("/v1/agent/service/register", &body).await.status,
+            200
+        );
+    }
+    let created = raw
+        .post(
+            "/v1/query",
+            r#"{"Name":"db-query","Service":{"Service":"db","OnlyPassing":true}}"#,
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let executed = raw
+        .get("/v1/query/db-query/execute?connect=true")
+        .await
+        .json();
+    assert_eq!(executed["Nodes"].as_array().unwrap().len(), 2);
+
+    let resolver = PreparedQueryResolver::new(client.clone(), "db-query");
+    let stream = web
+        .dialer()
+        .dial(&resolver)
+        .await
+        .expect("the live instance after the dead one");
+    let (read, mut write) = tokio::io::split(stream);
+    write.write_all(b"hi\n").await.unwrap();
+    let answer = BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("hi from web"), "{answer}");
+
+    // Both dead: the error lists each instance tried and why.
+    assert_eq!(
+        raw.put("/v1/agent/service/deregister/db-b-live", "")
+            .await
+            .status,
+        200
+    );
+    let body = format!(
+        r#"{{"ID":"db-c-dead","Name":"db","Address":"127.0.0.1","Port":{},"Connect":{{"Native":true}}}}"#,
+        dead.port()
+    );
+    raw.put("/v1/agent/service/register", &body).await;
+    match web.dialer().dial(&resolver).await {
+        Err(DialError::Failed { attempts, .. }) => {
+            assert_eq!(attempts.len(), 2);
+            assert!(attempts
+                .iter()
+                .all(|(_, e)| matches!(e, AttemptError::Connect(_))));
+        }
+        other => panic!("expected every attempt to fail, got {other:?}"),
+    }
+    let missing = PreparedQueryResolver::new(client, "no-such-query");
+    let err = web.dialer().dial(&missing).await.unwrap_err();
+    assert!(err.to_string().contains("Query not found"), "{err}");
+}

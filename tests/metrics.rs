@@ -34,15 +34,23 @@ impl Seen {
     fn refresh(&mut self) {
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             let name = key.key().name().to_owned();
-            let labels: Vec<(String, String)> =
-                key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            let labels: Vec<(String, String)> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
             match value {
-                DebugValue::Counter(n) => match self.counters.iter_mut().find(|(k, l, _)| *k == name && *l == labels) {
+                DebugValue::Counter(n) => match self
+                    .counters
+                    .iter_mut()
+                    .find(|(k, l, _)| *k == name && *l == labels)
+                {
                     Some(entry) => entry.2 += n,
                     None => self.counters.push((name, labels, n)),
                 },
                 DebugValue::Gauge(g) if g.into_inner() != 0.0 => {
-                    self.gauges.retain(|(k, l, _)| !(*k == name && *l == labels));
+                    self.gauges
+                        .retain(|(k, l, _)| !(*k == name && *l == labels));
                     self.gauges.push((name, labels, g.into_inner()));
                 }
                 _ => {}
@@ -54,7 +62,12 @@ impl Seen {
         self.refresh();
         self.counters
             .iter()
-            .filter(|(k, labels, _)| k == name && want.iter().all(|(wk, wv)| labels.iter().any(|(lk, lv)| lk == wk && lv == wv)))
+            .filter(|(k, labels, _)| {
+                k == name
+                    && want
+                        .iter()
+                        .all(|(wk, wv)| labels.iter().any(|(lk, lv)| lk == wk && lv == wv))
+            })
             .map(|(_, _, n)| n)
             .sum()
     }
@@ -63,7 +76,12 @@ impl Seen {
         self.refresh();
         self.gauges
             .iter()
-            .find(|(k, labels, _)| k == name && labels.iter().any(|(lk, lv)| lk == "service" && lv == service))
+            .find(|(k, labels, _)| {
+                k == name
+                    && labels
+                        .iter()
+                        .any(|(lk, lv)| lk == "service" && lv == service)
+            })
             .map(|(_, _, v)| *v)
     }
 }
@@ -80,8 +98,18 @@ async fn handshakes_denials_and_rotations_are_counted() {
         min_interval: Duration::from_millis(5),
         ..WatchConfig::default()
     };
-    let db = ConnectService::builder("db").agent(client.clone()).watch_config(watch.clone()).build().await.unwrap();
-    let web = ConnectService::builder("web").agent(client.clone()).watch_config(watch).build().await.unwrap();
+    let db = ConnectService::builder("db")
+        .agent(client.clone())
+        .watch_config(watch.clone())
+        .build()
+        .await
+        .unwrap();
+    let web = ConnectService::builder("web")
+        .agent(client.clone())
+        .watch_config(watch)
+        .build()
+        .await
+        .unwrap();
     db.ready_timeout(Duration::from_secs(10)).await.unwrap();
     web.ready_timeout(Duration::from_secs(10)).await.unwrap();
     let not_after = web.status().leaf_not_after.unwrap().unix_timestamp() as f64;
@@ -107,25 +135,73 @@ async fn handshakes_denials_and_rotations_are_counted() {
     stream.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
     stream.read_exact(&mut one).await.unwrap();
-    assert_eq!(seen.counter(HANDSHAKES, &[("service", "db"), ("side", "server"), ("result", "ok")]), 1);
-    assert_eq!(seen.counter(HANDSHAKES, &[("service", "web"), ("side", "client"), ("result", "ok")]), 1);
-    assert_eq!(seen.counter(AUTHORIZATIONS, &[("service", "db"), ("authorizer", "agent"), ("decision", "allow")]), 1);
+    assert_eq!(
+        seen.counter(
+            HANDSHAKES,
+            &[("service", "db"), ("side", "server"), ("result", "ok")]
+        ),
+        1
+    );
+    assert_eq!(
+        seen.counter(
+            HANDSHAKES,
+            &[("service", "web"), ("side", "client"), ("result", "ok")]
+        ),
+        1
+    );
+    assert_eq!(
+        seen.counter(
+            AUTHORIZATIONS,
+            &[
+                ("service", "db"),
+                ("authorizer", "agent"),
+                ("decision", "allow")
+            ]
+        ),
+        1
+    );
 
     // A deny.
-    let deny: Intention = serde_json::from_value(serde_json::json!({"SourceName": "web", "DestinationName": "db", "Action": "deny"})).unwrap();
+    let deny: Intention = serde_json::from_value(
+        serde_json::json!({"SourceName": "web", "DestinationName": "db", "Action": "deny"}),
+    )
+    .unwrap();
     client.create_intention(&deny).await.unwrap();
     let mut denied = web.dialer().dial(&resolver).await.unwrap();
     let _ = denied.write_all(b"x").await;
-    assert_eq!(denied.read(&mut one).await.unwrap_or(0), 0, "the denied client gets nothing");
-    tokio::time::timeout(Duration::from_secs(5), rejections.recv()).await.unwrap().unwrap();
-    assert_eq!(seen.counter(AUTHORIZATIONS, &[("service", "db"), ("decision", "deny")]), 1);
-    assert_eq!(seen.counter(HANDSHAKES, &[("service", "db"), ("result", "failed"), ("reason", "denied")]), 1);
+    assert_eq!(
+        denied.read(&mut one).await.unwrap_or(0),
+        0,
+        "the denied client gets nothing"
+    );
+    tokio::time::timeout(Duration::from_secs(5), rejections.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.counter(AUTHORIZATIONS, &[("service", "db"), ("decision", "deny")]),
+        1
+    );
+    assert_eq!(
+        seen.counter(
+            HANDSHAKES,
+            &[
+                ("service", "db"),
+                ("result", "failed"),
+                ("reason", "denied")
+            ]
+        ),
+        1
+    );
 
     // A rotation: new roots, then a new leaf for each service.
     let mut updates = web.material_updates();
     let serial = web.status().leaf_serial.unwrap();
     let put = Raw::new(&agent)
-        .put("/v1/connect/ca/configuration", r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#)
+        .put(
+            "/v1/connect/ca/configuration",
+            r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#,
+        )
         .await;
     assert_eq!(put.status, 200);
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -135,8 +211,14 @@ async fn handshakes_denials_and_rotations_are_counted() {
     })
     .await
     .unwrap();
-    assert_eq!(seen.counter(ROTATIONS, &[("service", "web"), ("kind", "leaf")]), 1);
-    assert_eq!(seen.counter(ROTATIONS, &[("service", "web"), ("kind", "roots")]), 1);
+    assert_eq!(
+        seen.counter(ROTATIONS, &[("service", "web"), ("kind", "leaf")]),
+        1
+    );
+    assert_eq!(
+        seen.counter(ROTATIONS, &[("service", "web"), ("kind", "roots")]),
+        1
+    );
     let new_not_after = web.status().leaf_not_after.unwrap().unix_timestamp() as f64;
     assert_eq!(seen.gauge(LEAF_EXPIRY, "web"), Some(new_not_after));
 }

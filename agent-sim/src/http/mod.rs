@@ -4,6 +4,7 @@ mod acl;
 mod catalog;
 mod connect;
 mod intentions;
+mod queries;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::routes())
         .merge(connect::routes())
         .merge(intentions::routes())
+        .merge(queries::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod intentions;
 pub mod leaf;
 pub mod persist;
+pub mod queries;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,15 +32,18 @@ pub enum Table {
     Intentions,
     /// ACL tokens and policies.
     Acl,
+    /// Prepared queries.
+    Queries,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 6] = [
         Table::Services,
         Table::Roots,
         Table::CaConfig,
         Table::Intentions,
         Table::Acl,
+        Table::Queries,
     ];
 
     fn slot(self) -> usize {
@@ -79,6 +83,8 @@ pub struct Inner {
     pub intentions: intentions::Intentions,
     /// ACL tokens and policies.
     pub acl: acl::AclState,
+    /// Prepared queries.
+    pub queries: queries::Queries,
 }
 
 /// Indexes reserved on disk at each save.
@@ -117,6 +123,7 @@ impl Inner {
             ca,
             intentions: intentions::Intentions::default(),
             acl,
+            queries: queries::Queries::default(),
         };
         inner.index = index;
         inner.table_index = [index; Table::ALL.len()];
@@ -139,6 +146,7 @@ impl Inner {
             ca: CaState::restore(&saved.cluster_id, saved.ca)?,
             intentions: intentions::Intentions::restore(saved.intentions),
             acl: acl::AclState::restore(saved.acl, &settings.acl, index, now),
+            queries: queries::Queries::restore(saved.queries),
         };
         inner.index = index;
         Ok(inner)
@@ -153,6 +161,7 @@ impl Inner {
             services: self.catalog.snapshot(),
             intentions: self.intentions.set().iter().cloned().collect(),
             acl: self.acl.snapshot(),
+            queries: self.queries.all().cloned().collect(),
         }
     }
 

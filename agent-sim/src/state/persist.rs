@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use consul_connect::api::{
-    AclPolicy, AclToken, CaConfiguration, CaRoot, Intention, ServiceRegistration,
+    AclPolicy, AclToken, CaConfiguration, CaRoot, Intention, PreparedQuery, ServiceRegistration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub intentions: Vec<Intention>,
     /// ACL state.
     pub acl: AclSnapshot,
+    /// Prepared queries.
+    #[serde(default)]
+    pub queries: Vec<PreparedQuery>,
 }
 
 /// The CA's persisted state. Holds the CA private key: the file is created owner-only.

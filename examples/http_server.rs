@@ -1,0 +1,83 @@
+//! An HTTP service over Connect with axum: `GET /` names the caller.
+//!
+//! ```text
+//! CONSUL_HTTP_ADDR=127.0.0.1:8500 cargo run --example http_server -- --service api --listen 127.0.0.1:9292
+//! cargo run --example http_client -- --service web --url http://api.service.consul/
+//! ```
+//!
+//! Registers the service with the agent as Connect-native on the listen port, serves HTTP/1.1
+//! and HTTP/2 (as the client chose with ALPN) to clients that intentions allow, and deregisters
+//! on Ctrl-C. Any client holding a leaf of the same CA can call it, curl included:
+//! `curl -k --cert web.pem --key web.key https://127.0.0.1:9292/`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use consul_connect::api::{ServiceConnect, ServiceRegistration};
+use consul_connect::http::Caller;
+use consul_connect::{ConnectListener, ConnectService};
+use http::Version;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The service name to register and serve as.
+    #[arg(long, default_value = "api")]
+    service: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9292")]
+    listen: SocketAddr,
+}
+
+/// `GET /`: who called, over which HTTP version.
+async fn hello(caller: Caller, version: Version) -> String {
+    format!("hello {} ({version:?})\n", caller.id())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "consul_connect=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let service = ConnectService::builder(&args.service).build().await?;
+    service.ready_timeout(Duration::from_secs(30)).await?;
+    let listener = ConnectListener::bind(&service, args.listen).await?;
+    let addr = listener.local_addr();
+    let registration = ServiceRegistration {
+        id: args.service.clone(),
+        name: args.service.clone(),
+        port: addr.port(),
+        address: addr.ip().to_string(),
+        connect: Some(ServiceConnect {
+            native: true,
+            sidecar_service: None,
+        }),
+        ..ServiceRegistration::default()
+    };
+    service.agent().register(&registration).await?;
+    let identity = service
+        .identity()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    println!("http_server listening on {addr} as {identity}");
+
+    let app = Router::new().route("/", get(hello));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<Caller>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    service.agent().deregister(&args.service).await?;
+    service.shutdown();
+    Ok(())
+}

@@ -1,0 +1,559 @@
+//! HTTP and gRPC over Connect against an embedded agent-sim, with real TLS: HTTP/1.1 and HTTP/2
+//! chosen by ALPN, the caller's identity in handlers, refusals by intention, the Consul DNS
+//! connector with its pool and timeout, tonic both ways, and curl as a foreign client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::dialer::DialError;
+use consul_connect::http::{
+    serve, serve_connection, AuthorizedStream, Caller, ConnectConnector, ConnectorError, HttpClient,
+};
+use consul_connect::listener::Rejection;
+use consul_connect::tls::ExpectedServer;
+use consul_connect::{grpc, ConnectListener, ConnectService};
+use http::{Request, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use support::agent::{sdk_client, start_agent, temp_dir, Raw};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_rustls::TlsConnector;
+
+const READY: Duration = Duration::from_secs(10);
+
+fn fast_watch() -> WatchConfig {
+    WatchConfig {
+        wait: Duration::from_secs(30),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        min_interval: Duration::from_millis(5),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+async fn service(agent: &AgentClient, name: &str) -> ConnectService {
+    let service = ConnectService::builder(name)
+        .agent(agent.clone())
+        .watch_config(fast_watch())
+        .build()
+        .await
+        .unwrap();
+    service.ready_timeout(READY).await.unwrap();
+    service
+}
+
+/// Registers `name` as a Connect-native service at `addr`, as an application would.
+async fn register(raw: &Raw, name: &str, addr: SocketAddr) {
+    let body = serde_json::json!({
+        "Name": name, "Port": addr.port(), "Address": addr.ip().to_string(),
+        "Connect": {"Native": true},
+    });
+    let answer = raw
+        .put("/v1/agent/service/register", &body.to_string())
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+async fn intention(raw: &Raw, source: &str, destination: &str, action: &str) {
+    let body = serde_json::json!({
+        "SourceName": source, "DestinationName": destination, "Action": action,
+    });
+    let answer = raw.post("/v1/connect/intentions", &body.to_string()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+async fn next_rejection(rejections: &mut broadcast::Receiver<Rejection>) -> Rejection {
+    tokio::time::timeout(Duration::from_secs(5), rejections.recv())
+        .await
+        .expect("a rejection is reported")
+        .unwrap()
+}
+
+/// `GET /` answers who called and over which HTTP version.
+fn hello_app() -> Router {
+    Router::new().route(
+        "/",
+        get(|caller: Caller, version: Version| async move {
+            format!("caller={} version={version:?}\n", caller.id())
+        }),
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ServeWith {
+    /// `consul_connect::http::serve` (caller as a request extension).
+    Serve,
+    /// `axum::serve` over the listener (caller as connect info).
+    Axum,
+}
+
+/// Starts `hello_app` for `service`; returns its address and rejection reports.
+async fn start_http(
+    service: &ConnectService,
+    with: ServeWith,
+) -> (SocketAddr, broadcast::Receiver<Rejection>) {
+    let listener = ConnectListener::bind(service, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let rejections = listener.rejections();
+    match with {
+        ServeWith::Serve => {
+            tokio::spawn(serve(listener, hello_app()));
+        }
+        ServeWith::Axum => {
+            let app = hello_app().into_make_service_with_connect_info::<Caller>();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+    }
+    (addr, rejections)
+}
+
+/// A hand-made Connect dial offering exactly `alpn`, then one `GET /` spoken as HTTP/2 or
+/// HTTP/1.1. Returns the response version and body.
+async fn get_with_alpn(
+    client: &ConnectService,
+    addr: SocketAddr,
+    server: &str,
+    alpn: &[&[u8]],
+    h2: bool,
+) -> Result<(Version, String), String> {
+    let mut config = (*client
+        .client_config()
+        .for_server(ExpectedServer::new(server)))
+    .clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = TokioIo::new(tls);
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::get(format!("http://{server}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::get("/")
+            .header(http::header::HOST, server)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
+    let version = response.version();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        version,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_by_alpn_with_the_caller_seen_by_the_handler() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let web_id = web.identity().unwrap().to_string();
+
+    for with in [ServeWith::Serve, ServeWith::Axum] {
+        let (addr, _rejections) = start_http(&db, with).await;
+        // (ALPN offered, speak HTTP/2, version the handler must see)
+        let cases: [(&[&[u8]], bool, &str); 4] = [
+            (&[b"http/1.1"], false, "HTTP/1.1"),
+            (&[b"h2", b"http/1.1"], true, "HTTP/2.0"),
+            // No ALPN: the server tells the protocol from the client's first bytes.
+            (&[], false, "HTTP/1.1"),
+            (&[], true, "HTTP/2.0"),
+        ];
+        for (alpn, h2, version) in cases {
+            let (seen, body) = get_with_alpn(&web, addr, "db", alpn, h2)
+                .await
+                .unwrap_or_else(|e| panic!("{with:?} {alpn:?} h2={h2}: {e}"));
+            assert_eq!(
+                body,
+                format!("caller={web_id} version={version}\n"),
+                "{with:?} {alpn:?}"
+            );
+            assert_eq!(format!("{seen:?}"), version);
+        }
+        // ALPN agreed on h2 but the client speaks HTTP/1.1: `serve` holds to ALPN (axum::serve
+        // tells the protocol from the first bytes whatever ALPN said).
+        if let ServeWith::Serve = with {
+            assert!(get_with_alpn(&web, addr, "db", &[b"h2"], false)
+                .await
+                .is_err());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_client_reaches_a_service_by_consul_name_and_reuses_connections() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let web_id = web.identity().unwrap().to_string();
+
+    // A server that counts the connections it accepts.
+    let mut listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let stream = AuthorizedStream::new(stream, peer).unwrap();
+            tokio::spawn(serve_connection(stream, hello_app()));
+        }
+    });
+    register(&raw, "db", addr).await;
+
+    let http = HttpClient::new(&web);
+    for _ in 0..3 {
+        let response = http.get("http://db.service.consul/").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), Version::HTTP_2, "ALPN h2 means HTTP/2");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("caller={web_id} version=HTTP/2.0\n"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+
+    // Case, datacenter and port: the same service.
+    let response = http
+        .get("http://DB.Service.dc1.consul:8080/")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Names the connector refuses, with the Go SDK's messages.
+    let err = http
+        .get("http://db.service.example.com/")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.connector_error(),
+            Some(ConnectorError::InvalidDomain { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("invalid Consul DNS domain: "),
+        "{err}"
+    );
+    for (uri, expected) in [
+        ("http://db.query.consul/", "Query not found"),
+        (
+            "http://tag.db.service.consul/",
+            "unsupported Consul DNS domain: ",
+        ),
+        (
+            "http://nosuch.service.consul/",
+            "no healthy instances found",
+        ),
+    ] {
+        let err = http.get(uri).await.unwrap_err();
+        assert!(err.connector_error().is_some(), "{uri}: {err:?}");
+        assert!(err.to_string().contains(expected), "{uri}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_timeout_bounds_a_server_that_never_answers() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    // Accepts TCP (the kernel does) but never speaks TLS.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    register(&raw, "slow", silent.local_addr().unwrap()).await;
+
+    let http: HttpClient = HttpClient::with_connector(
+        ConnectConnector::new(&web).dial_timeout(Duration::from_millis(300)),
+    );
+    let started = Instant::now();
+    let err = http.get("http://slow.service.consul/").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(
+            err.connector_error(),
+            Some(ConnectorError::Dial(DialError::Timeout { .. }))
+        ),
+        "{err:?}"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_caller_gets_no_http_response() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+    let (addr, mut rejections) = start_http(&db, ServeWith::Axum).await;
+    register(&raw, "db", addr).await;
+    intention(&raw, "web", "db", "deny").await;
+
+    let err = HttpClient::new(&web)
+        .get("http://db.service.consul/")
+        .await
+        .expect_err("a denied caller gets no response");
+    let rejection = next_rejection(&mut rejections).await;
+    assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
+    assert!(
+        rejection.reason.contains("DENY default/web => default/db"),
+        "{}",
+        rejection.reason
+    );
+    eprintln!("denied client saw: {err}");
+
+    // The server itself is fine: another caller gets through.
+    let response = HttpClient::new(&api)
+        .get("http://db.service.consul/")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC: a hand-written unary echo service (what tonic-build would generate, without protoc)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoRequest {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoResponse {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+const UNARY_ECHO: &str = "/echo.Echo/UnaryEcho";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[derive(Clone)]
+struct EchoServer;
+
+impl tonic::server::NamedService for EchoServer {
+    const NAME: &'static str = "echo.Echo";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for EchoServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != UNARY_ECHO {
+            return Box::pin(async {
+                Ok(tonic::Status::unimplemented("no such method").into_http())
+            });
+        }
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                EchoResponse,
+                EchoRequest,
+            >::default());
+            Ok(grpc.unary(UnaryEcho, request).await)
+        })
+    }
+}
+
+struct UnaryEcho;
+
+impl tonic::server::UnaryService<EchoRequest> for UnaryEcho {
+    type Response = EchoResponse;
+    type Future = BoxFuture<Result<tonic::Response<EchoResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let message = request.into_inner().message;
+        Box::pin(async move {
+            let caller = caller.ok_or_else(|| tonic::Status::unauthenticated("no caller"))?;
+            Ok(tonic::Response::new(EchoResponse {
+                message: format!("{message} from {}", caller.id()),
+            }))
+        })
+    }
+}
+
+async fn echo_call(
+    caller: &ConnectService,
+    uri: &str,
+    message: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = grpc::channel(caller, uri).await?;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await?;
+    let response = client
+        .unary(
+            tonic::Request::new(EchoRequest {
+                message: message.to_owned(),
+            }),
+            http::uri::PathAndQuery::from_static(UNARY_ECHO),
+            tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default(),
+        )
+        .await?;
+    Ok(response.into_inner().message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_call_over_connect_and_a_denied_caller() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+
+    let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut rejections = listener.rejections();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoServer)
+            .serve_with_incoming(grpc::incoming(listener)),
+    );
+    register(&raw, "db", addr).await;
+
+    let answer = echo_call(&web, "http://db.service.consul", "ping")
+        .await
+        .unwrap();
+    assert_eq!(answer, format!("ping from {}", web.identity().unwrap()));
+
+    intention(&raw, "api", "db", "deny").await;
+    let err = echo_call(&api, "http://db.service.consul", "ping")
+        .await
+        .expect_err("a denied caller gets no answer");
+    // The client only sees the connection end (the agent's authorize runs after the handshake,
+    // as in Consul); the server says who was refused and which intention decided.
+    eprintln!("denied gRPC client saw: {err}");
+    let rejection = next_rejection(&mut rejections).await;
+    assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("api"));
+    assert!(
+        rejection.reason.contains("DENY default/api => default/db"),
+        "{}",
+        rejection.reason
+    );
+    // web still gets through.
+    assert!(echo_call(&web, "http://db.service.consul", "again")
+        .await
+        .is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// curl, a foreign client, with web's leaf from the agent
+// ---------------------------------------------------------------------------------------------
+
+/// Runs curl against `addr` as the holder of `cert`/`key`; `Ok(body)` or `Err(exit + stderr)`.
+async fn curl(addr: SocketAddr, cert: &str, key: &str, version: &str) -> Result<String, String> {
+    let args = vec![
+        "-sS".to_owned(),
+        "-k".to_owned(),
+        "--max-time".to_owned(),
+        "10".to_owned(),
+        version.to_owned(),
+        "--cert".to_owned(),
+        cert.to_owned(),
+        "--key".to_owned(),
+        key.to_owned(),
+        format!("https://{addr}/"),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl is installed (scripts/test.sh installs it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_a_leaf_gets_an_answer_naming_it_until_denied() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let api = service(&client, "api").await;
+    let (addr, mut rejections) = start_http(&api, ServeWith::Axum).await;
+
+    let leaf = raw.get("/v1/agent/connect/ca/leaf/web").await.json();
+    let dir = temp_dir("curl");
+    let cert = dir.join("web.pem");
+    let key = dir.join("web.key");
+    std::fs::write(&cert, leaf["CertPEM"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, leaf["PrivateKeyPEM"].as_str().unwrap()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let web_id = leaf["ServiceURI"].as_str().unwrap();
+
+    for (flag, version) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2.0")] {
+        let body = curl(addr, cert, key, flag).await.unwrap();
+        assert_eq!(body, format!("caller={web_id} version={version}\n"));
+    }
+
+    intention(&raw, "web", "api", "deny").await;
+    for flag in ["--http1.1", "--http2"] {
+        let err = curl(addr, cert, key, flag)
+            .await
+            .expect_err("no answer after the deny");
+        assert!(!err.contains("caller="), "{err}");
+        let rejection = next_rejection(&mut rejections).await;
+        assert!(
+            rejection.reason.contains("DENY default/web => default/api"),
+            "{}",
+            rejection.reason
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
