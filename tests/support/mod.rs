@@ -4,3 +4,4 @@
 pub mod agent;
 pub mod certs;
 pub mod samples;
+pub mod rawtls;
