@@ -112,6 +112,19 @@ impl<K: Eq + Hash + Clone, V: Send + Sync + 'static> TypedCache<K, V> {
         before - entries.len()
     }
 
+    /// Drops one entry.
+    pub fn remove(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    /// Looks at an entry's value without marking it read; `None` when there is no entry.
+    pub fn peek<R>(&self, key: &K, f: impl FnOnce(Option<&(u64, Arc<V>)>) -> R) -> Option<R> {
+        let entries = self.lock();
+        let entry = entries.get(key)?;
+        let value = entry.value.borrow();
+        Some(f(value.as_ref()))
+    }
+
     /// Drops every entry (for example when ACLs change what tokens may see).
     pub fn clear(&self) {
         self.lock().clear();
@@ -226,7 +239,8 @@ impl Default for CacheSettings {
 /// The longest a refresher's blocking query waits before asking again (Consul: 10 min).
 const REFRESH_WAIT: Duration = Duration::from_secs(600);
 
-/// The agent's Connect cache types: roots, leaves and intention matches (for authorize).
+/// The agent's Connect cache types: roots, leaves and intention matches (for authorize), and
+/// the `?cached` reads of catalog, health and prepared queries.
 #[derive(Debug)]
 pub struct ConnectCache {
     store: Arc<Store>,
@@ -234,6 +248,28 @@ pub struct ConnectCache {
     roots: TypedCache<Partition, CaRootList>,
     leaves: TypedCache<(Partition, String), IssuedLeaf>,
     matches: TypedCache<(Partition, String), Vec<Intention>>,
+    listings: TypedCache<(Partition, String), Timed>,
+}
+
+/// A `?cached` answer body.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum CachedBody {
+    /// `/v1/catalog/service` and `/v1/catalog/connect`.
+    Catalog(Vec<consul_connect::api::CatalogService>),
+    /// `/v1/health/service` and `/v1/health/connect`.
+    Health(Vec<consul_connect::api::ServiceEntry>),
+    /// `/v1/query/:id/execute`.
+    Query(consul_connect::api::PreparedQueryResult),
+}
+
+/// A cached body and when it was fetched (for `Age` and `Cache-Control: max-age`).
+#[derive(Debug)]
+pub struct Timed {
+    /// When fetched.
+    pub fetched: tokio::time::Instant,
+    /// The body.
+    pub body: CachedBody,
 }
 
 impl ConnectCache {
@@ -245,7 +281,57 @@ impl ConnectCache {
             roots: TypedCache::default(),
             leaves: TypedCache::default(),
             matches: TypedCache::default(),
+            listings: TypedCache::default(),
         }
+    }
+
+    /// A catalog or health listing read with `?cached`: a refreshing entry (Consul's
+    /// `health-services` and `catalog-services` types) that follows the services table.
+    pub fn listing(
+        &self,
+        part: &Partition,
+        key: String,
+        read: impl Fn(&Inner) -> CachedBody + Send + Sync + 'static,
+    ) -> Lookup<Timed> {
+        let store = self.store.clone();
+        self.listings
+            .lookup(&(part.clone(), key), self.store.clock().now(), move |tx| {
+                tokio::spawn(follow(store, Table::Services, tx, move |inner| Timed {
+                    fetched: tokio::time::Instant::now(),
+                    body: read(inner),
+                }))
+            })
+    }
+
+    /// A prepared query executed with `?cached`: a simple entry (no background refresh),
+    /// fetched again when older than `max_age` (`Cache-Control: max-age`).
+    pub fn simple(
+        &self,
+        part: &Partition,
+        key: String,
+        max_age: Option<Duration>,
+        fetch: impl FnOnce() -> (u64, CachedBody),
+    ) -> Lookup<Timed> {
+        let key = (part.clone(), key);
+        let now = self.store.clock().now();
+        let fresh = self.listings.peek(&key, |v| {
+            v.is_some_and(|(_, t)| within_max_age(t.fetched, max_age))
+        });
+        if fresh == Some(true) {
+            return self.listings.lookup(&key, now, |_| tokio::spawn(async {}));
+        }
+        self.listings.remove(&key);
+        let (index, body) = fetch();
+        let timed = Timed {
+            fetched: tokio::time::Instant::now(),
+            body,
+        };
+        let mut lookup = self.listings.lookup(&key, now, move |tx| {
+            tx.send_replace(Some((index, Arc::new(timed))));
+            tokio::spawn(async {})
+        });
+        lookup.hit = false;
+        lookup
     }
 
     /// The settings in force.
@@ -303,11 +389,12 @@ impl ConnectCache {
         self.roots.evict_unused(now, ttl)
             + self.leaves.evict_unused(now, ttl)
             + self.matches.evict_unused(now, ttl)
+            + self.listings.evict_unused(now, ttl)
     }
 
     /// Number of entries across types.
     pub fn len(&self) -> usize {
-        self.roots.len() + self.leaves.len() + self.matches.len()
+        self.roots.len() + self.leaves.len() + self.matches.len() + self.listings.len()
     }
 
     /// Whether there are no entries.

@@ -10,8 +10,10 @@ use consul_connect::api::ServiceRegistration;
 use serde_json::json;
 
 use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};
+use crate::cache::{wait_for, CachedBody};
 use crate::state::catalog::{CatalogError, ServiceFilter};
 use crate::state::Table;
+use std::time::Duration;
 
 /// Field names of a registration and its nested objects, for Go-style case-insensitive
 /// decoding (clients such as py-consul send `name`, `port`, `check`...).
@@ -227,7 +229,7 @@ async fn update_check(
 }
 
 /// Which listing a discovery request asks for.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Listing {
     Catalog,
     Health,
@@ -289,38 +291,47 @@ async fn discovery(
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     };
-    let now = app.store.clock().now();
     let acl = app.acl(&token)?;
     let consistency = if query.has("stale") {
         "stale"
     } else {
         "leader"
     };
-    let resp = match listing {
-        Listing::Catalog => {
-            let (index, items) = app
-                .store
-                .block(Table::Services, blocking, |inner| {
-                    let mut items = inner.catalog.catalog_services(&name, &filter, now);
-                    items.retain(|i| acl.service_read(&i.service_name) && acl.node_read(&i.node));
-                    (inner.table_index(Table::Services), items)
-                })
-                .await;
-            Json::new(&items, &query).meta(index)
+    let clock = app.store.clock().clone();
+    let key = format!("{listing:?}/{connect}/{name}/{filter:?}");
+    let read = move |inner: &crate::state::Inner| {
+        let now = clock.now();
+        match listing {
+            Listing::Catalog => {
+                let mut items = inner.catalog.catalog_services(&name, &filter, now);
+                items.retain(|i| acl.service_read(&i.service_name) && acl.node_read(&i.node));
+                CachedBody::Catalog(items)
+            }
+            Listing::Health => {
+                let mut items = inner.catalog.health_services(&name, &filter, now);
+                items.retain(|i| {
+                    acl.service_read(&i.service.service) && acl.node_read(&i.node.node)
+                });
+                CachedBody::Health(items)
+            }
         }
-        Listing::Health => {
-            let (index, items) = app
-                .store
-                .block(Table::Services, blocking, |inner| {
-                    let mut items = inner.catalog.health_services(&name, &filter, now);
-                    items.retain(|i| {
-                        acl.service_read(&i.service.service) && acl.node_read(&i.node.node)
-                    });
-                    (inner.table_index(Table::Services), items)
-                })
-                .await;
-            Json::new(&items, &query).meta(index)
-        }
+    };
+    let resp = if query.has("cached") {
+        // The agent cache's refreshing health/catalog types: kept fresh in the background.
+        let lookup = app.cache.listing(&app.partition(&token), key, read);
+        let deadline = tokio::time::Instant::now() + blocking.map_or(Duration::ZERO, |b| b.wait);
+        let (index, timed) = wait_for(lookup.value, blocking.map(|b| b.min_index), deadline)
+            .await
+            .ok_or_else(|| ApiError::Internal("agent cache: nothing fetched".into()))?;
+        Json::new(&timed.body, &query).meta(index).cache(lookup.hit)
+    } else {
+        let (index, body) = app
+            .store
+            .block(Table::Services, blocking, |inner| {
+                (inner.table_index(Table::Services), read(inner))
+            })
+            .await;
+        Json::new(&body, &query).meta(index)
     };
     Ok(resp
         .header("X-Consul-Effective-Consistency", consistency)

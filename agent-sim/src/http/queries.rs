@@ -9,9 +9,11 @@ use consul_connect::api::{PreparedQuery, PreparedQueryResult};
 use serde_json::json;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
+use crate::cache::CachedBody;
 use crate::state::catalog::ServiceFilter;
 use crate::state::queries::QueryError;
 use crate::state::Table;
+use axum::http::HeaderMap;
 
 const QUERY_FIELDS: &[&str] = &["ID", "Name", "Service", "OnlyPassing", "Tags", "Connect"];
 
@@ -82,50 +84,96 @@ async fn execute(
     State(app): State<AppState>,
     Path(id): Path<String>,
     token: RequestToken,
+    headers: HeaderMap,
     query: Query,
 ) -> Result<Response, ApiError> {
+    let path_id = id.clone();
     query.datacenter(&app.store)?;
     let acl = app.acl(&token)?;
     let connect = query.flag("connect");
-    let now = app.store.clock().now();
-    let (index, result) = app.store.read(|inner| {
-        let definition = inner
-            .queries
-            .find(&id)
-            .cloned()
-            .ok_or(QueryError::NotFound)?;
-        let filter = ServiceFilter {
-            passing: definition.service.only_passing,
-            connect: connect || definition.service.connect,
-            ..ServiceFilter::default()
-        };
-        let tags = definition.service.tags.clone().unwrap_or_default();
-        let nodes = inner
-            .catalog
-            .health_services(&definition.service.service, &filter, now)
-            .into_iter()
-            .filter(|e| acl.service_read(&e.service.service))
-            .filter(|e| {
-                let has = |t: &str| {
-                    e.service
-                        .tags
-                        .iter()
-                        .flatten()
-                        .any(|x| x.eq_ignore_ascii_case(t))
-                };
-                tags.iter().all(|t| match t.strip_prefix('!') {
-                    Some(excluded) => !has(excluded),
-                    None => has(t),
+    let store = app.store.clone();
+    let fetch = move || -> Result<(u64, PreparedQueryResult), QueryError> {
+        let now = store.clock().now();
+        store.read(|inner| {
+            let definition = inner
+                .queries
+                .find(&id)
+                .cloned()
+                .ok_or(QueryError::NotFound)?;
+            let filter = ServiceFilter {
+                passing: definition.service.only_passing,
+                connect: connect || definition.service.connect,
+                ..ServiceFilter::default()
+            };
+            let tags = definition.service.tags.clone().unwrap_or_default();
+            let nodes = inner
+                .catalog
+                .health_services(&definition.service.service, &filter, now)
+                .into_iter()
+                .filter(|e| acl.service_read(&e.service.service))
+                .filter(|e| {
+                    let has = |t: &str| {
+                        e.service
+                            .tags
+                            .iter()
+                            .flatten()
+                            .any(|x| x.eq_ignore_ascii_case(t))
+                    };
+                    tags.iter().all(|t| match t.strip_prefix('!') {
+                        Some(excluded) => !has(excluded),
+                        None => has(t),
+                    })
                 })
-            })
-            .collect();
-        let result = PreparedQueryResult {
-            service: definition.service.service,
-            nodes,
-            datacenter: app.store.settings().datacenter.clone(),
-            failovers: 0,
-        };
-        Ok::<_, QueryError>((inner.table_index(Table::Services), result))
-    })?;
-    Ok(Json::new(&result, &query).meta(index).into_response())
+                .collect();
+            let result = PreparedQueryResult {
+                service: definition.service.service,
+                nodes,
+                datacenter: store.settings().datacenter.clone(),
+                failovers: 0,
+            };
+            Ok((inner.table_index(Table::Services), result))
+        })
+    };
+    if !query.has("cached") {
+        let (index, result) = fetch()?;
+        return Ok(Json::new(&result, &query).meta(index).into_response());
+    }
+    // Prepared queries are a simple cache type: Cache-Control: max-age bounds the age.
+    let max_age = cache_control_max_age(&headers);
+    let key = format!("query/{}/{connect}", path_id);
+    let mut failure = None;
+    let lookup = app
+        .cache
+        .simple(&app.partition(&token), key, max_age, || match fetch() {
+            Ok((index, result)) => (index, CachedBody::Query(result)),
+            Err(e) => {
+                failure = Some(e);
+                (0, CachedBody::Health(Vec::new()))
+            }
+        });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let Some((index, timed)) = lookup.value.borrow().clone() else {
+        return Err(ApiError::Internal("agent cache: nothing fetched".into()));
+    };
+    let age = timed.fetched.elapsed().as_secs().to_string();
+    let json = Json::new(&timed.body, &query).meta(index);
+    Ok(if lookup.hit {
+        json.header("X-Cache", "HIT").header("Age", &age)
+    } else {
+        json.header("X-Cache", "MISS")
+    }
+    .into_response())
+}
+
+/// `Cache-Control: max-age=N`.
+fn cache_control_max_age(headers: &HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok())
+        .map(std::time::Duration::from_secs)
 }
