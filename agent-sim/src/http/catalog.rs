@@ -169,7 +169,11 @@ async fn agent_self(State(app): State<AppState>, query: Query) -> Response {
             "Version": "1.4.5",
         },
         "DebugConfig": {
-            "ACLsEnabled": false,
+            "ACLsEnabled": s.acl.enabled,
+            "ACLDefaultPolicy": match s.acl.default_policy {
+                crate::acl_rules::DefaultPolicy::Allow => "allow",
+                crate::acl_rules::DefaultPolicy::Deny => "deny",
+            },
             "ConnectEnabled": true,
             "Datacenter": s.datacenter,
             "NodeName": s.node_name,
