@@ -3,5 +3,6 @@
 
 pub mod agent;
 pub mod certs;
-pub mod samples;
+pub mod faults;
 pub mod rawtls;
+pub mod samples;
