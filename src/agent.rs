@@ -644,6 +644,10 @@ pub async fn run_watch<T, F, Fut>(
             }
             Err(e) => {
                 errors = errors.saturating_add(1);
+                // Start over after a failure: the next answer is read without blocking and
+                // always reported, so an agent that came back with a new CA at the same index
+                // is noticed.
+                index = 0;
                 on_event(WatchEvent::Error(e));
                 config.backoff(errors)
             }

@@ -67,7 +67,8 @@ pub struct Status {
     pub leaf_not_after: Option<OffsetDateTime>,
     /// IDs of the roots the service trusts.
     pub root_ids: Vec<String>,
-    /// The last failure, kept until a later success of the same source.
+    /// The most recent failure that still holds: each source's failure is cleared by that
+    /// source's next success.
     pub last_error: Option<WatchFailure>,
 }
 
@@ -209,7 +210,22 @@ struct Shared {
 struct Fetched {
     roots: Option<CaRootList>,
     leaf: Option<LeafCert>,
-    last_error: Option<WatchFailure>,
+    /// IDs of the roots in the published material.
+    trusted_roots: Vec<String>,
+    /// The current failure of each source (`roots`, `leaf`, `material`), cleared by that
+    /// source's next success.
+    errors: Vec<WatchFailure>,
+}
+
+impl Fetched {
+    fn clear_error(&mut self, source: &str) {
+        self.errors.retain(|e| e.source != source);
+    }
+
+    /// The most recent current failure.
+    fn last_error(&self) -> Option<&WatchFailure> {
+        self.errors.iter().max_by_key(|e| e.at)
+    }
 }
 
 impl fmt::Debug for ConnectService {
@@ -276,8 +292,7 @@ impl ConnectService {
                     waited: limit,
                     missing,
                     last_error: fetched
-                        .last_error
-                        .as_ref()
+                        .last_error()
                         .map(|e| format!("{}: {}", e.source, e.message)),
                 })
             }
@@ -293,12 +308,8 @@ impl ConnectService {
             identity: material.as_ref().map(|m| m.service_id().clone()),
             leaf_serial: material.as_ref().map(|m| m.serial().to_owned()),
             leaf_not_after: material.as_ref().map(|m| m.not_after()),
-            root_ids: fetched
-                .roots
-                .as_ref()
-                .map(|r| r.roots.iter().map(|r| r.id.clone()).collect())
-                .unwrap_or_default(),
-            last_error: fetched.last_error.clone(),
+            root_ids: fetched.trusted_roots.clone(),
+            last_error: fetched.last_error().cloned(),
         }
     }
 
@@ -411,6 +422,7 @@ impl Shared {
         match event {
             WatchEvent::Update(roots) => {
                 tracing::debug!(service = %self.name, roots = roots.value.roots.len(), "CA roots updated");
+                fetched.clear_error("roots");
                 fetched.roots = Some(roots.value);
                 self.publish(&mut fetched, "roots");
             }
@@ -423,6 +435,7 @@ impl Shared {
         match event {
             WatchEvent::Update(leaf) => {
                 tracing::debug!(service = %self.name, serial = %leaf.value.serial_number, "leaf certificate updated");
+                fetched.clear_error("leaf");
                 fetched.leaf = Some(leaf.value);
                 self.publish(&mut fetched, "leaf");
             }
@@ -430,43 +443,81 @@ impl Shared {
         }
     }
 
-    /// Builds and publishes new material when both halves are there and the leaf verifies;
-    /// otherwise the last good material keeps serving.
+    /// Builds and publishes new material when both halves are there, the leaf verifies and
+    /// names this service; otherwise the last good material keeps serving. New roots are still
+    /// taken when only the fetched leaf was refused and the held leaf verifies under them.
     fn publish(&self, fetched: &mut Fetched, source: &'static str) {
         let (Some(roots), Some(leaf)) = (&fetched.roots, &fetched.leaf) else {
             return;
         };
-        match Material::new(roots, leaf, UnixTime::now()) {
+        let now = UnixTime::now();
+        let built = Material::new(roots, leaf, now)
+            .map_err(|e| e.to_string())
+            .and_then(|m| self.check_identity(m));
+        match built {
             Ok(material) => {
-                if let Some(previous) = self.cell.load() {
-                    if previous.serial() != material.serial() {
-                        telemetry::rotation(&self.name, "leaf");
-                    }
-                    if previous.root_certs() != material.root_certs() {
-                        telemetry::rotation(&self.name, "roots");
-                    }
-                }
-                telemetry::leaf_expiry(&self.name, material.not_after());
-                tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
-                self.cell.store(material);
-                if fetched
-                    .last_error
-                    .as_ref()
-                    .is_some_and(|e| e.source == source || e.source == "material")
-                {
-                    fetched.last_error = None;
-                }
-                self.ready.send_replace(true);
-                self.generation.send_modify(|g| *g += 1);
+                let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
+                fetched.clear_error("material");
+                self.install(fetched, material, ids);
             }
-            Err(e) => self.record_error(fetched, "material", e.to_string()),
+            Err(message) => {
+                let fallback = match (source, self.cell.load()) {
+                    ("roots", Some(current)) => current.with_roots(roots, now).ok(),
+                    _ => None,
+                };
+                if let Some(material) = fallback {
+                    let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
+                    self.install(fetched, material, ids);
+                }
+                self.record_error(fetched, "material", message);
+            }
         }
+    }
+
+    /// Refuses a leaf that names another service (or another datacenter than asked for): a
+    /// valid certificate is not enough, it must be ours.
+    fn check_identity(&self, material: Material) -> Result<Material, String> {
+        let id = material.service_id();
+        if id.service() != self.name {
+            return Err(format!(
+                "leaf certificate is for {id}, not for service {:?}",
+                self.name
+            ));
+        }
+        if let Some(dc) = self
+            .datacenter
+            .as_deref()
+            .filter(|dc| id.datacenter() != *dc)
+        {
+            return Err(format!(
+                "leaf certificate is for {id}, not for datacenter {dc:?}"
+            ));
+        }
+        Ok(material)
+    }
+
+    fn install(&self, fetched: &mut Fetched, material: Material, root_ids: Vec<String>) {
+        if let Some(previous) = self.cell.load() {
+            if previous.serial() != material.serial() {
+                telemetry::rotation(&self.name, "leaf");
+            }
+            if previous.root_certs() != material.root_certs() {
+                telemetry::rotation(&self.name, "roots");
+            }
+        }
+        telemetry::leaf_expiry(&self.name, material.not_after());
+        tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
+        fetched.trusted_roots = root_ids;
+        self.cell.store(material);
+        self.ready.send_replace(true);
+        self.generation.send_modify(|g| *g += 1);
     }
 
     fn record_error(&self, fetched: &mut Fetched, source: &'static str, message: String) {
         telemetry::watch_error(&self.name, source);
         tracing::warn!(service = %self.name, source, error = %message, "keeping the last good Connect material");
-        fetched.last_error = Some(WatchFailure {
+        fetched.clear_error(source);
+        fetched.errors.push(WatchFailure {
             source,
             message,
             at: SystemTime::now(),

@@ -525,7 +525,6 @@ async fn leaves_that_do_not_verify_are_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a valid leaf for another service is published (service.rs publish never checks the leaf names this service)"]
 async fn a_leaf_for_another_service_is_never_served() {
     let cap = capture("web").await;
     let mock = MockAgent::start(
@@ -643,7 +642,6 @@ async fn a_roots_list_with_zero_roots_keeps_the_last_good_roots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: status().root_ids shows a rejected roots list, not the roots the service trusts"]
 async fn status_root_ids_are_the_trusted_roots_after_a_rejected_roots_list() {
     let cap = capture("web").await;
     let mock = MockAgent::start(
@@ -672,7 +670,6 @@ async fn status_root_ids_are_the_trusted_roots_after_a_rejected_roots_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: after a rejected leaf, new roots are never trusted (publish pairs them with the rejected leaf)"]
 async fn new_roots_are_trusted_even_after_a_rejected_leaf() {
     let cap = capture("web").await;
     let mock = MockAgent::start(
@@ -723,7 +720,6 @@ async fn new_roots_are_trusted_even_after_a_rejected_leaf() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: last_error is not cleared when the agent answers again with an unchanged index (run_watch reports no event)"]
 async fn last_error_clears_when_the_agent_answers_again() {
     let cap = capture("web").await;
     let mock = MockAgent::start(
@@ -760,7 +756,6 @@ async fn last_error_clears_when_the_agent_answers_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: once ready, status() can keep a stale roots error: one last_error slot, cleared only when a publish comes from the same source"]
 async fn last_error_clears_once_ready_after_the_agent_comes_up() {
     let cap = capture("web").await;
     let fault = Reply::status("fault", 500, "rpc error: No cluster leader");
@@ -1079,7 +1074,6 @@ async fn agent_restart_with_an_index_that_goes_backwards_is_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: after an agent restart that reaches the same indexes, the new CA and leaf are never picked up (run_watch compares indexes only)"]
 async fn agent_restart_with_the_same_indexes_is_followed() {
     let first = Agent::builder()
         .cluster_id(CLUSTER_ID)
