@@ -147,7 +147,11 @@ impl fmt::Debug for CaConfiguration {
             .config
             .iter()
             .map(|(k, v)| {
-                let shown: &dyn fmt::Debug = if k == "PrivateKey" { &"<redacted>" } else { v };
+                let shown: &dyn fmt::Debug = if is_private_key_field(k) {
+                    &"<redacted>"
+                } else {
+                    v
+                };
                 (k.as_str(), shown)
             })
             .collect();
@@ -157,6 +161,17 @@ impl fmt::Debug for CaConfiguration {
             .field("modify_index", &self.modify_index)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a CA `Config` key names the private key in any spelling Consul reads
+/// (`PrivateKey`, `private_key`, any case).
+pub fn is_private_key_field(key: &str) -> bool {
+    let folded: String = key
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    folded == "privatekey"
 }
 
 /// `POST /v1/agent/connect/authorize` body. Missing fields decode as empty, as in Go.

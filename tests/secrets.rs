@@ -338,7 +338,6 @@ async fn debug_of_agent_sim_types_shows_no_key_and_no_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: agent-sim's Store and ConnectCache Debug print every ACL secret (AclState derives Debug over by_secret), and cache::Partition's Debug prints the token"]
 async fn debug_of_agent_sim_state_and_cache_shows_no_token() {
     log_capture();
     let ca_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
@@ -359,7 +358,6 @@ async fn debug_of_agent_sim_state_and_cache_shows_no_token() {
 }
 
 #[test]
-#[ignore = "defect: CaConfiguration's Debug masks only the exact key \"PrivateKey\", not private_key (spec: PrivateKey/private_key) or other case"]
 fn ca_configuration_debug_hides_the_key_under_any_spelling() {
     let ca_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
     let mut secrets = Secrets::default();
@@ -430,7 +428,6 @@ async fn agent_sim_never_answers_the_ca_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a CA key given as private_key (spec: PrivateKey/private_key) is stored unused and GET /v1/connect/ca/configuration answers it in clear"]
 async fn agent_sim_never_answers_a_ca_key_spelled_otherwise() {
     log_capture();
     let agent = Agent::builder()

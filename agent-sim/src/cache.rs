@@ -198,13 +198,27 @@ pub fn within_max_age(fetched: tokio::time::Instant, max_age: Option<Duration>) 
 }
 
 /// Keys shared by the agent's Connect cache types: datacenter and ACL token partition every
-/// entry, so one token never sees what another fetched.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// entry, so one token never sees what another fetched. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Partition {
     /// Datacenter.
     pub datacenter: String,
     /// The ACL token's secret (empty for anonymous).
     pub token: String,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = if self.token.is_empty() {
+            "anonymous"
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("Partition")
+            .field("datacenter", &self.datacenter)
+            .field("token", &token)
+            .finish()
+    }
 }
 
 /// Stops the evictor when dropped.

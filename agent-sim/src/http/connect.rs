@@ -16,6 +16,18 @@ use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
 use crate::cache::wait_for;
 use crate::state::Table;
 
+/// The CA settings Consul 1.4 knows (and agent-sim's `ForceRotate`).
+const CA_CONFIG_KEYS: &[&str] = &[
+    "LeafCertTTL",
+    "RotationPeriod",
+    "PrivateKey",
+    "RootCert",
+    "CSRMaxPerSecond",
+    "CSRMaxConcurrent",
+    "SkipValidate",
+    "ForceRotate",
+];
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/agent/connect/ca/roots", allow(get(agent_roots), "GET"))
@@ -122,8 +134,21 @@ async fn set_ca_config(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
-    let config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
+    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    // Consul reads provider settings case-insensitively and in snake case (`private_key`):
+    // store them under their canonical names so they are used, and hidden, whatever the
+    // spelling.
+    config.config = std::mem::take(&mut config.config)
+        .into_iter()
+        .map(|(key, value)| {
+            let canonical = CA_CONFIG_KEYS
+                .iter()
+                .find(|k| super::same_field(k, &key))
+                .map_or(key, |k| (*k).to_owned());
+            (canonical, value)
+        })
+        .collect();
     let now = app.store.clock().now();
     app.store.write(|inner, _, changes| {
         let rotated = inner

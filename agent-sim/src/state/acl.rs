@@ -61,13 +61,23 @@ pub enum AclError {
     NoSuchPolicy,
 }
 
-/// Tokens and policies.
-#[derive(Debug, Default)]
+/// Tokens and policies. `Debug` shows counts, never secrets.
+#[derive(Default)]
 pub struct AclState {
     policies: HashMap<String, AclPolicy>,
     tokens: HashMap<String, AclToken>,
     by_secret: HashMap<String, String>,
     bootstrap_index: Option<u64>,
+}
+
+impl std::fmt::Debug for AclState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclState")
+            .field("policies", &self.policies.len())
+            .field("tokens", &self.tokens.len())
+            .field("bootstrapped", &self.bootstrap_index.is_some())
+            .finish()
+    }
 }
 
 impl AclState {
