@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -24,8 +26,8 @@ pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Default limit for a client to complete the TLS handshake and authorization.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default number of handshakes in progress at once; further connections wait in the kernel's
-/// accept queue.
+/// Default number of handshakes in progress at once; past it the oldest in-progress handshake
+/// is dropped so that stalled clients cannot lock out others.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 
 /// Why an incoming connection was refused (logged; `accept` carries on).
@@ -35,6 +37,10 @@ pub enum RejectReason {
     /// The client did not finish the handshake in time.
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
+    /// The handshake was still in progress, the oldest of more than the limit, when another
+    /// client connected.
+    #[error("handshake shed: more than {0} in progress and this one was the oldest")]
+    Shed(usize),
     /// The client's certificate failed a check.
     #[error("client certificate rejected: {0}")]
     Verify(VerifyError),
@@ -65,6 +71,7 @@ impl RejectReason {
     pub fn kind(&self) -> &'static str {
         match self {
             RejectReason::Timeout(_) => "timeout",
+            RejectReason::Shed(_) => "shed",
             RejectReason::Verify(v) => v.kind(),
             RejectReason::Handshake(_) => "tls",
             RejectReason::NoIdentity => "no_identity",
@@ -79,7 +86,7 @@ impl RejectReason {
 pub struct ListenerConfig {
     /// Time allowed for handshake plus authorization (default 10 s).
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once (default 1024).
+    /// Handshakes in progress at once (default 1024); past it the oldest is shed.
     pub max_pending: usize,
 }
 
@@ -146,6 +153,7 @@ impl ConnectListener {
         let (rejections, _) = broadcast::channel(256);
         let ctx = Arc::new(AcceptContext {
             rejections: rejections.clone(),
+            max_pending: config.max_pending.max(1),
             acceptor: TlsAcceptor::from(service.server_config()),
             authorizer: service.authorizer().clone(),
             // With an in-handshake authorizer the decision is already made by the verifier.
@@ -191,6 +199,7 @@ impl Drop for ConnectListener {
 
 struct AcceptContext {
     rejections: broadcast::Sender<Rejection>,
+    max_pending: usize,
     acceptor: TlsAcceptor,
     authorizer: Arc<dyn Authorizer>,
     authorize_after: bool,
@@ -204,11 +213,11 @@ async fn accept_loop(
     tx: mpsc::Sender<(ServerStream, ServiceId)>,
     max_pending: usize,
 ) -> io::Error {
-    let pending = Arc::new(Semaphore::new(max_pending));
+    // Handshakes in progress, oldest first. At the limit the oldest is shed rather than the
+    // accept loop stopping: stalled clients cannot lock out the ones that complete quickly.
+    let in_flight: Arc<std::sync::Mutex<VecDeque<(u64, oneshot::Sender<()>)>>> = Arc::default();
+    let mut next_id = 0u64;
     loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else {
-            return io::Error::other("handshake limiter closed");
-        };
         let (tcp, remote) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) if is_transient(&e) => {
@@ -221,13 +230,47 @@ async fn accept_loop(
         if tx.is_closed() {
             return io::Error::other("the Connect listener was dropped");
         }
+        let (shed_tx, shed) = oneshot::channel();
+        let id = next_id;
+        next_id += 1;
+        {
+            let mut queue = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            while queue.len() >= max_pending {
+                match queue.pop_front() {
+                    Some((_, oldest)) => {
+                        let _ = oldest.send(());
+                    }
+                    None => break,
+                }
+            }
+            queue.push_back((id, shed_tx));
+        }
         let ctx = ctx.clone();
         let tx = tx.clone();
+        let in_flight = in_flight.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let span = tracing::info_span!("connect.handshake", side = "server", service = %ctx.target, %remote);
             let attempt = tracing::Instrument::instrument(handshake(&ctx, tcp), span);
-            let (reason, peer) = match tokio::time::timeout(ctx.timeout, attempt).await {
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(ctx.timeout, attempt) => Some(outcome),
+                _ = shed => None,
+            };
+            in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(i, _)| *i != id);
+            let Some(outcome) = outcome else {
+                let reason = RejectReason::Shed(ctx.max_pending);
+                telemetry::handshake(&ctx.target, "server", Err(reason.kind()));
+                tracing::info!(%remote, target = %ctx.target, %reason, "Connect client refused");
+                let _ = ctx.rejections.send(Rejection {
+                    remote,
+                    peer: None,
+                    reason: reason.to_string(),
+                });
+                return;
+            };
+            let (reason, peer) = match outcome {
                 Ok(Ok((stream, peer))) => {
                     telemetry::handshake(&ctx.target, "server", Ok(()));
                     tracing::debug!(%remote, %peer, target = %ctx.target, "Connect client accepted");

@@ -327,7 +327,6 @@ async fn a_thousand_half_open_connections_do_not_starve_legitimate_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: max_pending idle connections lock every other client out until they time out (the accept loop stops accepting; no stalled handshake is shed)"]
 async fn idle_connections_beyond_max_pending_do_not_starve_legitimate_clients() {
     let max_pending = 16;
     let s = setup(ListenerConfig {
@@ -464,7 +463,6 @@ async fn agent_sim_refuses_oversize_bodies_with_413() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: agent-sim holds any number of blocking queries per client (Consul caps connections per client, limits.http_max_conns_per_client = 200)"]
 async fn agent_sim_bounds_blocking_queries_per_client() {
     const QUERIES: usize = 300;
     const CONSUL_LIMIT: usize = 200;

@@ -148,8 +148,72 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestToken {
     }
 }
 
+/// Blocking queries one client address may hold at once (Consul's
+/// `limits.http_max_conns_per_client` default); past it, 429.
+pub const MAX_BLOCKING_PER_CLIENT: usize = 200;
+
+/// In-flight blocking queries per client address.
+#[derive(Debug, Default)]
+struct BlockingLimits {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Releases a client's blocking-query slot when the request is done.
+struct BlockingSlot<'a> {
+    limits: &'a BlockingLimits,
+    ip: std::net::IpAddr,
+}
+
+impl BlockingLimits {
+    fn acquire(&self, ip: std::net::IpAddr) -> Option<BlockingSlot<'_>> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= MAX_BLOCKING_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(BlockingSlot { limits: self, ip })
+    }
+}
+
+impl Drop for BlockingSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_ip = self.limits.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn limit_blocking(
+    axum::extract::State(limits): axum::extract::State<Arc<BlockingLimits>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let blocking = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("index=")));
+    if !blocking {
+        return next.run(request).await;
+    }
+    let Some(_slot) = limits.acquire(peer.ip()) else {
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+                .into(),
+        );
+    };
+    next.run(request).await
+}
+
 /// The full router.
 pub fn router(state: AppState) -> Router {
+    let limits = Arc::new(BlockingLimits::default());
     Router::new()
         .merge(acl::routes())
         .merge(catalog::routes())
@@ -157,6 +221,7 @@ pub fn router(state: AppState) -> Router {
         .merge(intentions::routes())
         .merge(queries::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(limits, limit_blocking))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
