@@ -359,3 +359,34 @@ async fn cached_prepared_queries_honour_cache_control_max_age() {
     assert_eq!(fresh.header("X-Cache"), Some("MISS"));
     assert_eq!(fresh.json()["Nodes"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn rotated_out_roots_are_dropped_after_twice_the_leaf_lifetime() {
+    let (agent, clock) = agent_with_clock(Duration::ZERO).await;
+    let raw = Raw::new(&agent);
+    let put = raw
+        .put(
+            "/v1/connect/ca/configuration",
+            r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let rotated = raw.get("/v1/connect/ca/roots").await;
+    assert_eq!(rotated.json()["Roots"].as_array().unwrap().len(), 2);
+    let index = rotated.index();
+    // Just under 2 x 72 h: the old root stays.
+    clock.advance(2 * TTL - Duration::from_secs(60));
+    let kept = raw
+        .get(&format!("/v1/connect/ca/roots?index={index}&wait=300ms"))
+        .await;
+    assert_eq!(kept.json()["Roots"].as_array().unwrap().len(), 2);
+    // Past it: the housekeeping tick (woken by the clock) removes it.
+    clock.advance(Duration::from_secs(120));
+    let pruned = raw
+        .get(&format!("/v1/connect/ca/roots?index={index}&wait=10s"))
+        .await
+        .json();
+    let roots = pruned["Roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 1, "{pruned}");
+    assert_eq!(roots[0]["Active"], true);
+}

@@ -416,8 +416,28 @@ impl ConnectCache {
         self.len() == 0
     }
 
-    /// Evicts unused entries whenever the clock may have moved past an entry's TTL: every
-    /// minute of wall time, and at once when a test clock jumps.
+    /// Drops roots rotated out more than twice the leaf lifetime ago (Consul's leader does
+    /// this hourly; here on the housekeeping tick).
+    fn prune_roots(&self) {
+        let now = self.store.clock().now();
+        let pruned = self.store.write(|inner, _, changes| {
+            let pruned = inner.ca.prune_rotated_out(now);
+            if pruned {
+                changes.touch(Table::Roots);
+            }
+            Ok::<_, crate::state::persist::PersistError>(pruned)
+        });
+        match pruned {
+            Ok(true) => {
+                tracing::info!("removed CA roots rotated out more than 2 x LeafCertTTL ago")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "pruning rotated-out roots was not saved"),
+        }
+    }
+
+    /// Housekeeping whenever the clock may have moved: evicts unused entries and prunes old
+    /// roots, every minute of wall time and at once when a test clock jumps.
     pub fn start_evictor(self: &Arc<Self>) -> EvictorHandle {
         let cache = Arc::downgrade(self);
         let mut jumps = self.store.clock().jumps();
@@ -428,6 +448,7 @@ impl ConnectCache {
                     changed = jumps.changed() => if changed.is_err() { return },
                 }
                 let Some(cache) = cache.upgrade() else { return };
+                cache.prune_roots();
                 let evicted = cache.evict_unused();
                 if evicted > 0 {
                     tracing::debug!(evicted, "agent cache evicted unused entries");

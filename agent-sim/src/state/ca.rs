@@ -65,9 +65,29 @@ pub struct CaState {
     provider: Box<dyn CaProvider>,
     roots: Vec<CaRoot>,
     config: CaConfiguration,
+    /// When each inactive root was rotated out (Consul's `RotatedOutAt`, never serialised).
+    rotated_out_at: std::collections::BTreeMap<String, OffsetDateTime>,
 }
 
 impl CaState {
+    /// Removes roots rotated out more than twice the leaf lifetime ago, as Consul's leader
+    /// does (every leaf they signed has expired by then). Returns whether any was removed.
+    pub fn prune_rotated_out(&mut self, now: OffsetDateTime) -> bool {
+        let keep_for = self.leaf_cert_ttl() * 2;
+        let expired: Vec<String> = self
+            .rotated_out_at
+            .iter()
+            .filter(|(_, at)| now - **at > keep_for)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.rotated_out_at.remove(id);
+        }
+        let before = self.roots.len();
+        self.roots.retain(|r| r.active || !expired.contains(&r.id));
+        self.roots.len() != before
+    }
+
     pub(super) fn bootstrap(
         settings: &CaSettings,
         now: OffsetDateTime,
@@ -109,6 +129,7 @@ impl CaState {
                 create_index: config_index,
                 modify_index: config_index,
             },
+            rotated_out_at: std::collections::BTreeMap::new(),
         })
     }
 
@@ -118,6 +139,7 @@ impl CaState {
             private_key_pem: self.provider.private_key_pem(),
             roots: self.roots.clone(),
             config: self.config.clone(),
+            rotated_out_at: self.rotated_out_at.clone(),
         }
     }
 
@@ -139,6 +161,7 @@ impl CaState {
             provider: Box::new(provider),
             roots: saved.roots,
             config: saved.config,
+            rotated_out_at: saved.rotated_out_at,
         })
     }
 
@@ -275,6 +298,7 @@ impl CaState {
             if root.active {
                 root.active = false;
                 root.modify_index = index;
+                self.rotated_out_at.insert(root.id.clone(), now);
             }
         }
         let root = ca_root(

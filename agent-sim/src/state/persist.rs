@@ -60,6 +60,42 @@ pub struct CaSnapshot {
     pub roots: Vec<CaRoot>,
     /// The configuration as stored.
     pub config: CaConfiguration,
+    /// When inactive roots were rotated out, by root ID.
+    #[serde(default, with = "rotated_out")]
+    pub rotated_out_at: std::collections::BTreeMap<String, time::OffsetDateTime>,
+}
+
+/// RFC 3339 times in a map.
+mod rotated_out {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<String, OffsetDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<&String, String> = map
+            .iter()
+            .map(|(k, v)| (k, v.format(&Rfc3339).unwrap_or_default()))
+            .collect();
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, OffsetDateTime>, D::Error> {
+        let text = BTreeMap::<String, String>::deserialize(d)?;
+        text.into_iter()
+            .map(|(k, v)| {
+                OffsetDateTime::parse(&v, &Rfc3339)
+                    .map(|t| (k, t))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 /// A registered service.
