@@ -304,6 +304,34 @@ impl AgentClient {
         self.get(&path, &[("connect", "true")], opts).await
     }
 
+    /// What the agent decides when no intention matches, from `GET /v1/agent/self`
+    /// (`DebugConfig.ACLsEnabled` and `ACLDefaultPolicy`; the token needs `agent:read`).
+    pub async fn intention_default(
+        &self,
+    ) -> Result<crate::intentions::DefaultDecision, AgentError> {
+        use crate::intentions::DefaultDecision;
+        let path = "/v1/agent/self";
+        let me: Indexed<serde_json::Value> = self.get(path, &[], &QueryOptions::default()).await?;
+        let debug = &me.value["DebugConfig"];
+        let decode_error = |what: &str| AgentError::Decode {
+            path: path.to_owned(),
+            source: <serde_json::Error as serde::de::Error>::custom(format!(
+                "DebugConfig.{what} missing or not understood"
+            )),
+        };
+        let enabled = debug["ACLsEnabled"]
+            .as_bool()
+            .ok_or_else(|| decode_error("ACLsEnabled"))?;
+        if !enabled {
+            return Ok(DefaultDecision::AclsDisabled);
+        }
+        match debug["ACLDefaultPolicy"].as_str() {
+            Some("allow") => Ok(DefaultDecision::AclDefaultAllow),
+            Some("deny") => Ok(DefaultDecision::AclDefaultDeny),
+            _ => Err(decode_error("ACLDefaultPolicy")),
+        }
+    }
+
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.
     pub async fn intentions_for_destination(
         &self,

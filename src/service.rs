@@ -77,6 +77,7 @@ pub struct Status {
 enum AuthorizerChoice {
     Agent,
     Intentions(DefaultDecision),
+    IntentionsFromAgent,
     Custom(Arc<dyn Authorizer>),
 }
 
@@ -118,6 +119,14 @@ impl ConnectServiceBuilder {
         self
     }
 
+    /// Authorize in-process from watched intentions (as
+    /// [`ConnectServiceBuilder::intentions_authorizer`]), with the default for unmatched
+    /// clients read from the agent's ACL settings at build time.
+    pub fn intentions_authorizer_from_agent(mut self) -> Self {
+        self.authorizer = AuthorizerChoice::IntentionsFromAgent;
+        self
+    }
+
     /// Use a custom authorizer.
     pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = AuthorizerChoice::Custom(authorizer);
@@ -148,6 +157,15 @@ impl ConnectServiceBuilder {
                 default,
                 self.watch.clone(),
             )),
+            AuthorizerChoice::IntentionsFromAgent => {
+                let default = agent.intention_default().await?;
+                Arc::new(IntentionsAuthorizer::start_with(
+                    agent.clone(),
+                    &self.name,
+                    default,
+                    self.watch.clone(),
+                ))
+            }
             AuthorizerChoice::Custom(a) => a,
         };
         let cell = Arc::new(MaterialCell::new());

@@ -382,3 +382,34 @@ async fn the_sdk_sends_its_token_and_names_the_missing_permission() {
         "{not_ready}"
     );
 }
+
+#[tokio::test]
+async fn the_intentions_authorizer_reads_the_default_from_the_agent() {
+    use consul_connect::intentions::DefaultDecision;
+    for (default, expected) in [
+        (DefaultPolicy::Deny, DefaultDecision::AclDefaultDeny),
+        (DefaultPolicy::Allow, DefaultDecision::AclDefaultAllow),
+    ] {
+        let (agent, _raw) = acl_agent(default).await;
+        let client = AgentClient::new(&agent.addr().to_string())
+            .unwrap()
+            .with_token(Token::new(ROOT));
+        assert_eq!(client.intention_default().await.unwrap(), expected);
+    }
+    let open = Agent::builder().start().await.unwrap();
+    let client = AgentClient::new(&open.addr().to_string()).unwrap();
+    assert_eq!(
+        client.intention_default().await.unwrap(),
+        DefaultDecision::AclsDisabled
+    );
+    let service = ConnectService::builder("db")
+        .agent(client)
+        .intentions_authorizer_from_agent()
+        .build()
+        .await
+        .unwrap();
+    service
+        .ready_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+}
