@@ -251,6 +251,7 @@ impl Policy {
         if rules.is_empty() {
             return Ok(Policy::default());
         }
+        check_nesting(rules)?;
         let items = if rules.trim_start().starts_with('{') {
             let mut items = JsonParser::new(rules).parse()?;
             flatten_json(&mut items);
@@ -354,6 +355,82 @@ impl RulesError {
             RulesError::Syntax { line, .. } | RulesError::InvalidPolicy { line, .. } => *line,
         }
     }
+}
+
+/// Deepest `{`/`[` nesting accepted. Real policies nest three levels; the readers recurse per
+/// level, so unbounded nesting would overflow the stack (found by fuzzing).
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses rules nested deeper than [`MAX_NESTING`], before the recursive readers see them.
+/// Brackets inside strings and comments do not count.
+fn check_nesting(rules: &str) -> Result<(), RulesError> {
+    let mut depth = 0usize;
+    let (mut line, mut column) = (1usize, 0usize);
+    let mut chars = rules.chars().peekable();
+    while let Some(c) = chars.next() {
+        column += 1;
+        match c {
+            '\n' => {
+                line += 1;
+                column = 0;
+            }
+            '"' => {
+                // Skip the string, honouring escapes.
+                while let Some(c) = chars.next() {
+                    column += 1;
+                    match c {
+                        '\\' => {
+                            chars.next();
+                            column += 1;
+                        }
+                        '"' => break,
+                        '\n' => {
+                            line += 1;
+                            column = 0;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            '#' => {
+                while chars.peek().is_some_and(|c| *c != '\n') {
+                    chars.next();
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                while chars.peek().is_some_and(|c| *c != '\n') {
+                    chars.next();
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        column = 0;
+                    }
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+            }
+            '{' | '[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(RulesError::Syntax {
+                        line,
+                        column,
+                        message: format!("nesting deeper than {MAX_NESTING} levels"),
+                    });
+                }
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What one token may do: its policies merged and compiled over the default policy.
