@@ -251,7 +251,6 @@ impl Policy {
         if rules.is_empty() {
             return Ok(Policy::default());
         }
-        check_nesting(rules)?;
         let items = if rules.trim_start().starts_with('{') {
             let mut items = JsonParser::new(rules).parse()?;
             flatten_json(&mut items);
@@ -358,80 +357,8 @@ impl RulesError {
 }
 
 /// Deepest `{`/`[` nesting accepted. Real policies nest three levels; the readers recurse per
-/// level, so unbounded nesting would overflow the stack (found by fuzzing).
+/// level and count it, so unbounded nesting cannot overflow the stack (found by fuzzing).
 pub const MAX_NESTING: usize = 64;
-
-/// Refuses rules nested deeper than [`MAX_NESTING`], before the recursive readers see them.
-/// Brackets inside strings and comments do not count.
-fn check_nesting(rules: &str) -> Result<(), RulesError> {
-    let mut depth = 0usize;
-    let (mut line, mut column) = (1usize, 0usize);
-    let mut chars = rules.chars().peekable();
-    while let Some(c) = chars.next() {
-        column += 1;
-        match c {
-            '\n' => {
-                line += 1;
-                column = 0;
-            }
-            '"' => {
-                // Skip the string, honouring escapes.
-                while let Some(c) = chars.next() {
-                    column += 1;
-                    match c {
-                        '\\' => {
-                            chars.next();
-                            column += 1;
-                        }
-                        '"' => break,
-                        '\n' => {
-                            line += 1;
-                            column = 0;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            '#' => {
-                while chars.peek().is_some_and(|c| *c != '\n') {
-                    chars.next();
-                }
-            }
-            '/' if chars.peek() == Some(&'/') => {
-                while chars.peek().is_some_and(|c| *c != '\n') {
-                    chars.next();
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut last = ' ';
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        column = 0;
-                    }
-                    if last == '*' && c == '/' {
-                        break;
-                    }
-                    last = c;
-                }
-            }
-            '{' | '[' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(RulesError::Syntax {
-                        line,
-                        column,
-                        message: format!("nesting deeper than {MAX_NESTING} levels"),
-                    });
-                }
-            }
-            '}' | ']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 /// What one token may do: its policies merged and compiled over the default policy.
 ///
@@ -1800,6 +1727,8 @@ fn is_digit(c: char) -> bool {
 struct HclParser {
     scanner: Scanner,
     unscanned: Option<Token>,
+    /// Objects and lists open around the current token.
+    depth: usize,
 }
 
 impl HclParser {
@@ -1807,7 +1736,26 @@ impl HclParser {
         HclParser {
             scanner: Scanner::new(src),
             unscanned: None,
+            depth: 0,
         }
+    }
+
+    /// Runs `nested` one level deeper, refusing to go past [`MAX_NESTING`].
+    fn deeper<T>(
+        &mut self,
+        pos: Pos,
+        nested: impl FnOnce(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<T, ParseError> {
+        if self.depth >= MAX_NESTING {
+            return Err(ParseError::new(
+                pos,
+                format!("nesting deeper than {MAX_NESTING} levels"),
+            ));
+        }
+        self.depth += 1;
+        let result = nested(self);
+        self.depth -= 1;
+        result
     }
 
     /// The items of the document. hcl reports a scanner error, the last one, in preference to
@@ -1949,6 +1897,10 @@ impl HclParser {
 
     /// The rest of `{ … }` (opening brace consumed).
     fn object_type(&mut self, lbrace: Pos) -> Result<Node, ParseError> {
+        self.deeper(lbrace, |p| p.object_type_inner(lbrace))
+    }
+
+    fn object_type_inner(&mut self, lbrace: Pos) -> Result<Node, ParseError> {
         let items = self.object_list(true)?;
         let token = self.scan();
         if token.tok != Tok::RBrace {
@@ -1965,6 +1917,10 @@ impl HclParser {
 
     /// The rest of `[ … ]` (opening bracket consumed).
     fn list_type(&mut self, lbrack: Pos) -> Result<Node, ParseError> {
+        self.deeper(lbrack, |p| p.list_type_inner(lbrack))
+    }
+
+    fn list_type_inner(&mut self, lbrack: Pos) -> Result<Node, ParseError> {
         let mut elems = Vec::new();
         let mut need_comma = false;
         loop {
@@ -2030,13 +1986,30 @@ impl HclParser {
 
 struct JsonParser {
     scanner: Scanner,
+    /// Objects and arrays open around the current value.
+    depth: usize,
 }
 
 impl JsonParser {
     fn new(src: &str) -> JsonParser {
         JsonParser {
             scanner: Scanner::new(src),
+            depth: 0,
         }
+    }
+
+    /// Runs `nested` one level deeper, refusing to go past [`MAX_NESTING`].
+    fn deeper<T>(
+        &mut self,
+        nested: impl FnOnce(&mut Self) -> Result<T, RulesError>,
+    ) -> Result<T, RulesError> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.err(format!("nesting deeper than {MAX_NESTING} levels")));
+        }
+        self.depth += 1;
+        let result = nested(self);
+        self.depth -= 1;
+        result
     }
 
     fn err(&self, message: String) -> RulesError {
@@ -2137,13 +2110,13 @@ impl JsonParser {
             Some('{') => {
                 self.scanner.bump();
                 Ok(Node::Object {
-                    items: self.object_body()?,
+                    items: self.deeper(|p| p.object_body())?,
                     pos,
                 })
             }
             Some('[') => {
                 self.scanner.bump();
-                self.array(pos)
+                self.deeper(|p| p.array(pos))
             }
             Some('"') => Ok(lit(LitKind::Str, self.string()?)),
             Some(c) if c == '-' || c.is_ascii_digit() => {
