@@ -507,8 +507,10 @@ async fn refresh_leaf(
             }
         };
         failures = 0;
-        tx.send_replace(Some((leaf.cert.modify_index, Arc::new(leaf.clone()))));
+        // Keep only what renewal needs; the entry holds the one copy of the leaf.
         let mut reissue_at = leaf.renew_at;
+        let signing_key_id = leaf.signing_key_id.clone();
+        tx.send_replace(Some((leaf.cert.modify_index, Arc::new(leaf))));
         let mut roots_index = store.current_index(Table::Roots);
         loop {
             tokio::select! {
@@ -516,7 +518,7 @@ async fn refresh_leaf(
                 _ = store.changed(Table::Roots, roots_index, REFRESH_WAIT) => {
                     roots_index = store.current_index(Table::Roots);
                     let active = store.read(|inner| inner.ca.active_root().signing_key_id.clone());
-                    if active != leaf.signing_key_id {
+                    if active != signing_key_id {
                         let delay = random_below(jitter);
                         reissue_at = reissue_at.min(clock.now() + delay);
                     }
