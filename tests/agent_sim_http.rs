@@ -509,3 +509,29 @@ async fn unknown_fields_are_ignored_as_consul_does() {
         "the stored Config is the submitted map"
     );
 }
+
+/// A stopped agent ends its open connections at once, blocking queries included, as a stopped
+/// Consul agent does, rather than answering them later from a server that is gone.
+#[tokio::test]
+async fn a_dropped_agent_ends_its_blocking_queries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = start_agent().await;
+    let index = Raw::new(&agent)
+        .get("/v1/agent/connect/ca/roots")
+        .await
+        .index();
+    let mut conn = tokio::net::TcpStream::connect(agent.addr()).await.unwrap();
+    let request = format!(
+        "GET /v1/agent/connect/ca/roots?index={index}&wait=60s HTTP/1.1\r\nHost: agent\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 1024];
+    let blocked = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut answer)).await;
+    assert!(blocked.is_err(), "the query blocks: {blocked:?}");
+
+    drop(agent);
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("the connection closes when the agent stops");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

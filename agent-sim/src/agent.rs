@@ -160,13 +160,10 @@ impl AgentBuilder {
         let app = router(AppState::new(store.clone(), cache.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            crate::http::serve(listener, app, async {
                 let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "agent-sim HTTP server stopped");
-            }
+            })
+            .await;
         });
         tracing::info!(%addr, "agent-sim HTTP API listening");
         Ok(Agent {

@@ -5,6 +5,9 @@ mod catalog;
 mod connect;
 mod intentions;
 mod queries;
+mod server;
+
+pub(crate) use server::serve;
 
 use std::sync::Arc;
 use std::time::Duration;
