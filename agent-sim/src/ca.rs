@@ -33,7 +33,7 @@ use std::net::IpAddr;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{self as lc, EcdsaKeyPair, EcdsaSigningAlgorithm};
+use aws_lc_rs::signature::{self as lc, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
 use consul_connect::api::colon_hex;
 use consul_connect::spiffe::{ServiceId, SigningId, SpiffeIdError, TrustDomain};
 use rcgen::string::{Ia5String, PrintableString};
@@ -65,7 +65,9 @@ pub const CROSS_SIGNED_VALIDITY: Duration = Duration::days(7);
 ///
 /// `Debug` shows only the algorithm and the key identifier, never key material.
 pub struct EcKey {
-    pair: rcgen::KeyPair,
+    /// Signs for rcgen directly (see the `SigningKey` impl): no rcgen `KeyPair`, which would
+    /// parse and check the key again (two thirds of the cost of generating one).
+    pair: EcdsaKeyPair,
     /// SEC1 (RFC 5915) `ECPrivateKey` DER, with curve parameters and public key, as Go writes it.
     sec1_der: Vec<u8>,
     /// DER SubjectPublicKeyInfo, exactly as it appears in certificates for this key.
@@ -80,7 +82,7 @@ impl EcKey {
                 reason: e.to_string(),
             }
         })?;
-        Self::from_aws_lc(&pair)
+        Self::from_aws_lc(pair)
     }
 
     /// Parses the first PEM block of `pem`: SEC1 `EC PRIVATE KEY` or PKCS#8 `PRIVATE KEY`, P-256
@@ -101,7 +103,7 @@ impl EcKey {
                 .into())
             }
         };
-        Self::from_aws_lc(&pair)
+        Self::from_aws_lc(pair)
     }
 
     /// The key as a SEC1 `-----BEGIN EC PRIVATE KEY-----` PEM block, as Consul emits keys.
@@ -123,26 +125,46 @@ impl EcKey {
         &self.spki_der
     }
 
-    fn from_aws_lc(pair: &EcdsaKeyPair) -> Result<EcKey, CaError> {
+    fn from_aws_lc(pair: EcdsaKeyPair) -> Result<EcKey, CaError> {
         let encoding = |reason: String| CaError::KeyEncoding { reason };
-        let pkcs8 = pair.to_pkcs8v1().map_err(|e| encoding(e.to_string()))?;
-        let sec1 = pair
+        let sec1_der = pair
             .private_key()
             .as_der()
-            .map_err(|e| encoding(e.to_string()))?;
-        let rc = rcgen::KeyPair::try_from(pkcs8.as_ref()).map_err(|e| encoding(e.to_string()))?;
-        if rc.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err(encoding(format!(
-                "signing algorithm {:?} is not ECDSA P-256 SHA-256",
-                rc.algorithm()
-            )));
-        }
-        let spki_der = rc.subject_public_key_info();
+            .map_err(|e| encoding(e.to_string()))?
+            .as_ref()
+            .to_vec();
+        let spki_der = pair
+            .public_key()
+            .as_der()
+            .map_err(|e| encoding(e.to_string()))?
+            .as_ref()
+            .to_vec();
         Ok(EcKey {
-            pair: rc,
-            sec1_der: sec1.as_ref().to_vec(),
+            pair,
+            sec1_der,
             spki_der,
         })
+    }
+}
+
+impl PublicKeyData for EcKey {
+    fn der_bytes(&self) -> &[u8] {
+        // The uncompressed point, as rcgen expects it inside the SubjectPublicKeyInfo.
+        self.pair.public_key().as_ref()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for EcKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let signature = self
+            .pair
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
+            .map_err(|_| rcgen::Error::RingUnspecified)?;
+        Ok(signature.as_ref().to_vec())
     }
 }
 
@@ -296,7 +318,7 @@ impl BuiltinCa {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::PreSpecified(key_id.clone());
         let cert = params
-            .self_signed(&key.pair)
+            .self_signed(&key)
             .map_err(generation_error("CA certificate"))?;
         let root = RootCert::from_der(cert.der().to_vec())?;
         Ok(BuiltinCa {
@@ -355,12 +377,12 @@ impl BuiltinCa {
     }
 
     /// The issuer every certificate of this CA is signed by: the root's name and SKI.
-    fn issuer(&self) -> Issuer<'static, &rcgen::KeyPair> {
+    fn issuer(&self) -> Issuer<'static, &EcKey> {
         let mut params = CertificateParams::default();
         params.distinguished_name = self.issuer_name.clone();
         params.key_identifier_method = KeyIdMethod::PreSpecified(self.issuer_key_id.clone());
         params.key_usages = CA_KEY_USAGES.to_vec();
-        Issuer::new(params, &self.key.pair)
+        Issuer::new(params, &self.key)
     }
 }
 
@@ -421,7 +443,7 @@ impl CaProvider for BuiltinCa {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::PreSpecified(key.key_id());
         let cert = params
-            .signed_by(&key.pair, &self.issuer())
+            .signed_by(key, &self.issuer())
             .map_err(generation_error("certificate"))?;
         Ok(pem_encode("CERTIFICATE", cert.der()))
     }
