@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use consul_connect::api::{CaRootList, Intention};
 use consul_connect::spiffe::ServiceId;
 
+use crate::ca::CaError;
 use crate::clock::Clock;
 use crate::state::leaf::IssuedLeaf;
 use crate::state::{Blocking, Inner, Store, Table};
@@ -495,8 +496,11 @@ async fn refresh_leaf(
     let clock = store.clock().clone();
     let mut failures = 0u32;
     loop {
-        let now = clock.now();
-        let issued = store.write(|inner, _, _| inner.issue_leaf(&id, now));
+        // Taken before the order, so a rotation after it still wakes the loop below.
+        let mut roots_index = store.current_index(Table::Roots);
+        let issued = store
+            .write(|inner, _, _| Ok::<_, CaError>(inner.leaf_order()))
+            .and_then(|order| order.issue(&id, clock.now()));
         let leaf = match issued {
             Ok(leaf) => leaf,
             Err(e) => {
@@ -511,7 +515,6 @@ async fn refresh_leaf(
         let mut reissue_at = leaf.renew_at;
         let signing_key_id = leaf.signing_key_id.clone();
         tx.send_replace(Some((leaf.cert.modify_index, Arc::new(leaf))));
-        let mut roots_index = store.current_index(Table::Roots);
         loop {
             tokio::select! {
                 _ = sleep_until(clock.as_ref(), reissue_at) => break,

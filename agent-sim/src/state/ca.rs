@@ -2,6 +2,7 @@
 //! cross-signing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use consul_connect::api::{CaConfiguration, CaRoot, CaRootList};
@@ -62,7 +63,8 @@ pub enum CaConfigError {
 pub struct CaState {
     trust_domain: TrustDomain,
     cluster_id: String,
-    provider: Box<dyn CaProvider>,
+    /// Shared so leaves are signed outside the store lock (see `Inner::leaf_order`).
+    provider: Arc<dyn CaProvider>,
     roots: Vec<CaRoot>,
     config: CaConfiguration,
     /// When each inactive root was rotated out (Consul's `RotatedOutAt`, never serialised).
@@ -121,7 +123,7 @@ impl CaState {
         Ok(Self {
             trust_domain,
             cluster_id,
-            provider: Box::new(provider),
+            provider: Arc::new(provider),
             roots: vec![root],
             config: CaConfiguration {
                 provider: PROVIDER.into(),
@@ -158,7 +160,7 @@ impl CaState {
         Ok(Self {
             trust_domain,
             cluster_id: cluster_id.to_owned(),
-            provider: Box::new(provider),
+            provider: Arc::new(provider),
             roots: saved.roots,
             config: saved.config,
             rotated_out_at: saved.rotated_out_at,
@@ -176,8 +178,8 @@ impl CaState {
     }
 
     /// The provider signing new leaves.
-    pub fn provider(&self) -> &dyn CaProvider {
-        self.provider.as_ref()
+    pub fn provider(&self) -> &Arc<dyn CaProvider> {
+        &self.provider
     }
 
     /// The active root.
@@ -308,7 +310,7 @@ impl CaState {
             index,
         );
         self.roots.push(root);
-        self.provider = Box::new(new_provider);
+        self.provider = Arc::new(new_provider);
         Ok(())
     }
 }
