@@ -535,3 +535,70 @@ async fn a_dropped_agent_ends_its_blocking_queries() {
         .expect("the connection closes when the agent stops");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// A TTL check that misses its deadline turns critical at that moment, as Consul's agent timer
+/// makes it: a blocking `?passing` query wakes and drops the instance, and the check keeps its
+/// last output after Consul's prefix. An update re-arms it.
+#[tokio::test]
+async fn a_missed_ttl_wakes_blocking_health_queries() {
+    use agent_sim::clock::ManualClock;
+    use std::sync::Arc;
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let agent = agent_sim::agent::Agent::builder()
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&agent);
+    let register = raw
+        .put(
+            "/v1/agent/service/register",
+            r#"{"Name":"db","ID":"db-1","Port":19200,"Check":{"CheckID":"db-ttl","TTL":"10s"}}"#,
+        )
+        .await;
+    assert_eq!(register.status, 200, "{}", register.body);
+    let pass = raw
+        .put("/v1/agent/check/pass/db-ttl?note=all%20good", "")
+        .await;
+    assert_eq!(pass.status, 200, "{}", pass.body);
+    let healthy = raw.get("/v1/health/service/db?passing").await;
+    assert_eq!(healthy.json().as_array().unwrap().len(), 1);
+
+    let waiting = {
+        let raw = Raw::new(&agent);
+        let path = format!(
+            "/v1/health/service/db?passing&index={}&wait=60s",
+            healthy.index()
+        );
+        tokio::spawn(async move { raw.get(&path).await })
+    };
+    clock.advance(Duration::from_secs(11));
+    let woke = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the blocking query wakes when the TTL passes")
+        .unwrap();
+    assert!(woke.index() > healthy.index());
+    assert_eq!(
+        woke.json(),
+        serde_json::json!([]),
+        "no passing instance left"
+    );
+
+    let check = || async {
+        let entries = raw.get("/v1/health/service/db").await.json();
+        let checks = entries[0]["Checks"].as_array().unwrap().clone();
+        let check = checks.into_iter().find(|c| c["CheckID"] == "db-ttl");
+        let check = check.expect("the TTL check is listed");
+        (check["Status"].clone(), check["Output"].clone())
+    };
+    assert_eq!(
+        check().await,
+        (
+            "critical".into(),
+            "TTL expired (last output before timeout follows): all good".into()
+        )
+    );
+    let pass = raw.put("/v1/agent/check/pass/db-ttl", "").await;
+    assert_eq!(pass.status, 200, "{}", pass.body);
+    assert_eq!(check().await, ("passing".into(), "".into()));
+}

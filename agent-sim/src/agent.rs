@@ -157,6 +157,7 @@ impl AgentBuilder {
         let store = Arc::new(Store::open(settings, self.clock, self.data_dir.as_deref())?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
+        let ttl_checks = crate::ttl::start(store.clone());
         let app = router(AppState::new(store.clone(), cache.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -171,6 +172,7 @@ impl AgentBuilder {
             store,
             cache,
             _evictor: evictor,
+            _ttl_checks: ttl_checks,
             stop: Some(stop),
             task,
         })
@@ -183,6 +185,7 @@ pub struct Agent {
     store: Arc<Store>,
     cache: Arc<ConnectCache>,
     _evictor: EvictorHandle,
+    _ttl_checks: crate::ttl::TtlHandle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }

@@ -14,5 +14,6 @@ pub mod clock;
 pub mod duration;
 pub mod http;
 pub mod state;
+mod ttl;
 
 pub use agent::Agent;

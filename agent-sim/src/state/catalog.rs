@@ -1,6 +1,7 @@
 //! The node, its services and their checks, and the views Consul's catalog, health and agent
 //! endpoints give of them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -86,11 +87,30 @@ pub struct CheckState {
 }
 
 impl CheckState {
-    /// The status at `now` (a TTL check past its deadline is critical).
-    pub fn status_at(&self, now: OffsetDateTime) -> (CheckStatus, &str) {
-        match self.expires_at {
-            Some(deadline) if now > deadline => (CheckStatus::Critical, "TTL expired"),
-            _ => (self.status, &self.output),
+    /// The status at `now`: a TTL check past its deadline is critical, with Consul's output,
+    /// even before [`Catalog::expire_ttl_checks`] has recorded it.
+    pub fn status_at(&self, now: OffsetDateTime) -> (CheckStatus, Cow<'_, str>) {
+        if self.expired_at(now) {
+            (CheckStatus::Critical, Cow::Owned(self.expired_output()))
+        } else {
+            (self.status, Cow::Borrowed(&self.output))
+        }
+    }
+
+    fn expired_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|deadline| now >= deadline)
+    }
+
+    /// What Consul's agent writes when a TTL check misses its deadline (`CheckTTL`'s
+    /// `getExpiredOutput`): the last output is kept after a fixed prefix.
+    fn expired_output(&self) -> String {
+        if self.output.is_empty() {
+            "TTL expired".into()
+        } else {
+            format!(
+                "TTL expired (last output before timeout follows): {}",
+                self.output
+            )
         }
     }
 }
@@ -269,6 +289,37 @@ impl Catalog {
         check.expires_at = Some(now + ttl);
         check.modify_index = index;
         Ok(())
+    }
+
+    /// The earliest deadline of a TTL check not yet expired.
+    pub fn next_ttl_deadline(&self) -> Option<OffsetDateTime> {
+        self.services
+            .values()
+            .flat_map(|s| &s.checks)
+            .filter_map(|c| c.expires_at)
+            .min()
+    }
+
+    /// Turns every TTL check whose deadline has passed critical, as Consul's agent does when a
+    /// check's TTL timer fires; the check stays so until its next update re-arms it. True when
+    /// a check changed.
+    pub fn expire_ttl_checks(&mut self, now: OffsetDateTime, index: u64) -> bool {
+        let mut changed = false;
+        for check in self.services.values_mut().flat_map(|s| s.checks.iter_mut()) {
+            if !check.expired_at(now) {
+                continue;
+            }
+            check.expires_at = None;
+            let output = check.expired_output();
+            // Consul's local state ignores an update that changes nothing.
+            if check.status != CheckStatus::Critical || check.output != output {
+                check.status = CheckStatus::Critical;
+                check.output = output;
+                check.modify_index = index;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// All instances by ID.
@@ -465,7 +516,7 @@ impl Catalog {
                 name: c.name.clone(),
                 status: status.as_str().into(),
                 notes: c.notes.clone(),
-                output: output.to_owned(),
+                output: output.into_owned(),
                 service_id: s.reg.id.clone(),
                 service_name: s.reg.name.clone(),
                 service_tags: s.reg.tags.clone(),
