@@ -496,3 +496,38 @@ async fn agent_sim_bounds_blocking_queries_per_client() {
          {answered} answered early); Consul would refuse those past {CONSUL_LIMIT}"
     );
 }
+
+/// A client still sending an oversize body reads agent-sim's 413 instead of a reset: after
+/// answering early, agent-sim drains what keeps arriving before it closes, as Go's HTTP server
+/// does. 64 MiB is more than the loopback socket buffers hold, so without the drain the
+/// client's writes fail once agent-sim closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversize_body_reads_the_413() {
+    let agent = start_agent().await;
+    let addr = agent.addr();
+    let len = 64usize << 20;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /v1/connect/intentions HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\n\r\n"
+        );
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            write.write_all(&chunk).await?;
+        }
+        write.flush().await
+    });
+    let mut answer = Vec::new();
+    let read_all = tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut answer));
+    let got = read_all.await.expect("agent-sim closes the connection");
+    let written = writer.await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        written.is_ok(),
+        "the body write failed: {written:?}; read {answer:?}"
+    );
+    assert!(got.is_ok(), "{got:?}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}

@@ -45,6 +45,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
                 };
                 // Small requests and answers: do not let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
+                let (stream, closing) = LingeringStream::new(stream);
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service(&app, peer))
                     .into_owned();
@@ -53,6 +54,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
                     if let Err(e) = connection.await {
                         tracing::debug!(%peer, error = %e, "agent-sim: connection ended");
                     }
+                    closing.linger().await;
                 }));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -62,6 +64,112 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
     drop(listener);
     graceful.shutdown().await;
     // Connections that outlive the grace period end when `connections` drops (aborts them).
+}
+
+/// How long a closed connection still reads what its client sends (Go's `rstAvoidanceDelay`).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// A connection's socket that closes the way Go's HTTP server does (`closeWriteAndWait`).
+///
+/// hyper closes a connection whose request body it did not read (a 413 for an oversize body,
+/// for one) with that body still arriving; the kernel then answers with a reset, which can
+/// destroy the answer before the client reads it, or fail the client's write so it never
+/// looks. So when hyper shuts the socket down, a duplicate of it is kept in [`Closing`]; once
+/// hyper has dropped its own, [`Closing::linger`] reads and drops what the client still sends
+/// until it closes or [`LINGER`] passes.
+struct LingeringStream {
+    stream: tokio::net::TcpStream,
+    closing: Closing,
+}
+
+/// Where [`LingeringStream`] leaves the duplicate socket on shutdown.
+#[derive(Clone, Default)]
+struct Closing(Arc<Mutex<Option<std::net::TcpStream>>>);
+
+impl LingeringStream {
+    fn new(stream: tokio::net::TcpStream) -> (Self, Closing) {
+        let closing = Closing::default();
+        let stream = LingeringStream {
+            stream,
+            closing: closing.clone(),
+        };
+        (stream, closing)
+    }
+}
+
+impl tokio::io::AsyncRead for LingeringStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LingeringStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        {
+            let mut kept = self.closing.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.is_none() {
+                *kept = duplicate(&self.stream);
+            }
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(unix)]
+fn duplicate(stream: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    Some(std::net::TcpStream::from(fd))
+}
+
+#[cfg(not(unix))]
+fn duplicate(_: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
+impl Closing {
+    /// After hyper is done with the connection: drains it for up to [`LINGER`] if hyper shut
+    /// it down, then closes it.
+    async fn linger(self) {
+        use tokio::io::AsyncReadExt;
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(socket) = kept else { return };
+        // The duplicate shares the original's non-blocking mode, as tokio needs.
+        let Ok(mut socket) = tokio::net::TcpStream::from_std(socket) else {
+            return;
+        };
+        let mut sink = vec![0u8; 16 * 1024];
+        let drain = async { while let Ok(1..) = socket.read(&mut sink).await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
 }
 
 /// The router as a hyper service, with the peer address where axum's `ConnectInfo` finds it.
