@@ -168,6 +168,9 @@ pub enum CatalogError {
 pub struct Catalog {
     node: NodeInfo,
     services: BTreeMap<String, ServiceInstance>,
+    /// No TTL check expires before this: kept on every arming, exact after each expiry scan,
+    /// so finding the next deadline never walks the catalog.
+    ttl_horizon: Option<OffsetDateTime>,
 }
 
 /// Filters for the catalog and health service listings.
@@ -194,6 +197,7 @@ impl Catalog {
                 index,
             },
             services: BTreeMap::new(),
+            ttl_horizon: None,
         }
     }
 
@@ -288,16 +292,18 @@ impl Catalog {
         check.output = output.to_owned();
         check.expires_at = Some(now + ttl);
         check.modify_index = index;
+        self.arm_ttl(now + ttl);
         Ok(())
     }
 
-    /// The earliest deadline of a TTL check not yet expired.
+    fn arm_ttl(&mut self, deadline: OffsetDateTime) {
+        self.ttl_horizon = Some(self.ttl_horizon.map_or(deadline, |h| h.min(deadline)));
+    }
+
+    /// When [`Catalog::expire_ttl_checks`] should next run: no TTL check expires earlier. It
+    /// may find nothing to do then (the check was updated or removed meanwhile).
     pub fn next_ttl_deadline(&self) -> Option<OffsetDateTime> {
-        self.services
-            .values()
-            .flat_map(|s| &s.checks)
-            .filter_map(|c| c.expires_at)
-            .min()
+        self.ttl_horizon
     }
 
     /// Turns every TTL check whose deadline has passed critical, as Consul's agent does when a
@@ -305,8 +311,12 @@ impl Catalog {
     /// a check changed.
     pub fn expire_ttl_checks(&mut self, now: OffsetDateTime, index: u64) -> bool {
         let mut changed = false;
+        self.ttl_horizon = None;
         for check in self.services.values_mut().flat_map(|s| s.checks.iter_mut()) {
             if !check.expired_at(now) {
+                if let Some(deadline) = check.expires_at {
+                    self.ttl_horizon = Some(self.ttl_horizon.map_or(deadline, |h| h.min(deadline)));
+                }
                 continue;
             }
             check.expires_at = None;
@@ -396,6 +406,9 @@ impl Catalog {
         now: OffsetDateTime,
     ) -> Result<(), CatalogError> {
         let checks = checks_for(&reg, index, now)?;
+        for deadline in checks.iter().filter_map(|c| c.expires_at) {
+            self.arm_ttl(deadline);
+        }
         let create_index = self.services.get(&reg.id).map_or(index, |s| s.create_index);
         self.services.insert(
             reg.id.clone(),
@@ -665,5 +678,77 @@ fn node_service(s: &ServiceInstance) -> NodeService {
         connect: connect_view(&s.reg),
         create_index: s.create_index,
         modify_index: s.modify_index,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let settings = StoreSettings {
+            datacenter: "dc1".into(),
+            node_name: "node".into(),
+            node_id: "00000000-0000-0000-0000-000000000000".into(),
+            node_address: "127.0.0.1".into(),
+            ca: Default::default(),
+            acl: Default::default(),
+        };
+        Catalog::new(&settings, 1)
+    }
+
+    fn with_ttl(id: &str, ttl: &str) -> ServiceRegistration {
+        serde_json::from_value(serde_json::json!({
+            "Name": id, "ID": id, "Port": 1,
+            "Check": {"CheckID": format!("{id}-ttl"), "TTL": ttl},
+        }))
+        .unwrap()
+    }
+
+    fn status(catalog: &Catalog, check: &str, now: OffsetDateTime) -> (CheckStatus, String) {
+        let check = catalog
+            .services()
+            .flat_map(|s| &s.checks)
+            .find(|c| c.id == check)
+            .unwrap();
+        let (status, output) = check.status_at(now);
+        (status, output.into_owned())
+    }
+
+    #[test]
+    fn ttl_deadlines_are_tracked_without_walking_the_catalog() {
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let s = |n: i64| t0 + time::Duration::seconds(n);
+        let mut c = catalog();
+        assert_eq!(c.next_ttl_deadline(), None);
+        c.register(with_ttl("slow", "30s"), 2, t0).unwrap();
+        c.register(with_ttl("fast", "10s"), 3, t0).unwrap();
+        assert_eq!(c.next_ttl_deadline(), Some(s(10)));
+
+        // An update re-arms later; the horizon stays a lower bound until the next scan.
+        c.update_check("fast-ttl", "passing", "fine", 4, s(5))
+            .unwrap();
+        assert_eq!(c.next_ttl_deadline(), Some(s(10)));
+        assert!(!c.expire_ttl_checks(s(10), 5), "nothing has expired yet");
+        assert_eq!(c.next_ttl_deadline(), Some(s(15)));
+
+        assert!(c.expire_ttl_checks(s(15), 6));
+        assert_eq!(
+            status(&c, "fast-ttl", s(15)),
+            (
+                CheckStatus::Critical,
+                "TTL expired (last output before timeout follows): fine".into()
+            )
+        );
+        assert_eq!(c.next_ttl_deadline(), Some(s(30)));
+        // slow was never updated: already critical, it still changes (its output does).
+        assert!(c.expire_ttl_checks(s(30), 7));
+        assert_eq!(
+            status(&c, "slow-ttl", s(30)),
+            (CheckStatus::Critical, "TTL expired".into())
+        );
+        assert_eq!(c.next_ttl_deadline(), None);
+        // Expiring again changes nothing.
+        assert!(!c.expire_ttl_checks(s(60), 8));
     }
 }
