@@ -1,9 +1,10 @@
 //! The accept loop: one task per connection, served by hyper (HTTP/1.1 and HTTP/2).
 //!
-//! `axum::serve` would do the same, with two differences that matter here: its connection tasks
-//! outlive the server task (so a dropped agent still answered its open blocking queries minutes
-//! later), and it cannot wrap them in [`PollAgain`], which saves a worker wake-up per request
-//! with a body (see there).
+//! `axum::serve` would do the same, with three differences that matter here: its connection
+//! tasks outlive the server task (so a dropped agent still answered its open blocking queries
+//! minutes later); it cannot wrap them in [`PollAgain`], which saves a worker wake-up per
+//! request with a body; and it closes a connection with a request body still arriving, which
+//! can reset the answer away ([`LingeringStream`] closes as Go's server does).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -62,8 +63,9 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
         }
     }
     drop(listener);
+    // The caller bounds this wait (`Agent::shutdown` gives it a second) by dropping the
+    // future, and with it `connections`, which aborts the connections still open.
     graceful.shutdown().await;
-    // Connections that outlive the grace period end when `connections` drops (aborts them).
 }
 
 /// How long a closed connection still reads what its client sends (Go's `rstAvoidanceDelay`).
