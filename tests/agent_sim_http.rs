@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::agent::{start_agent, Raw, TRUST_DOMAIN};
+use support::agent::{start_agent, temp_dir, Raw, TRUST_DOMAIN};
 use support::samples::Sample;
 
 fn web_uri() -> String {
@@ -584,15 +584,8 @@ async fn a_missed_ttl_wakes_blocking_health_queries() {
         "no passing instance left"
     );
 
-    let check = || async {
-        let entries = raw.get("/v1/health/service/db").await.json();
-        let checks = entries[0]["Checks"].as_array().unwrap().clone();
-        let check = checks.into_iter().find(|c| c["CheckID"] == "db-ttl");
-        let check = check.expect("the TTL check is listed");
-        (check["Status"].clone(), check["Output"].clone())
-    };
     assert_eq!(
-        check().await,
+        db_check(&raw, "db-ttl").await,
         (
             "critical".into(),
             "TTL expired (last output before timeout follows): all good".into()
@@ -600,5 +593,76 @@ async fn a_missed_ttl_wakes_blocking_health_queries() {
     );
     let pass = raw.put("/v1/agent/check/pass/db-ttl", "").await;
     assert_eq!(pass.status, 200, "{}", pass.body);
-    assert_eq!(check().await, ("passing".into(), "".into()));
+    assert_eq!(
+        db_check(&raw, "db-ttl").await,
+        ("passing".into(), "".into())
+    );
+}
+
+/// The status and output of check `id` of the first `db` instance.
+async fn db_check(raw: &Raw, id: &str) -> (serde_json::Value, serde_json::Value) {
+    let entries = raw.get("/v1/health/service/db").await.json();
+    let checks = entries[0]["Checks"].as_array().unwrap().clone();
+    let check = checks.into_iter().find(|c| c["CheckID"] == id);
+    let check = check.expect("the check is listed");
+    (check["Status"].clone(), check["Output"].clone())
+}
+
+/// With `--data-dir`, a TTL check's state survives a restart while its TTL has not run out,
+/// and then gets a whole TTL again, as Consul's persisted check state does; once it has run
+/// out, the check starts afresh.
+#[tokio::test]
+async fn ttl_check_state_survives_a_restart_until_it_expires() {
+    use agent_sim::clock::ManualClock;
+    use std::sync::Arc;
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let dir = temp_dir("ttl-restart");
+    let start = || {
+        agent_sim::agent::Agent::builder()
+            .clock(clock.clone())
+            .data_dir(&dir)
+            .start()
+    };
+    let first = start().await.unwrap();
+    let raw = Raw::new(&first);
+    let register = raw
+        .put(
+            "/v1/agent/service/register",
+            r#"{"Name":"db","ID":"db-1","Port":19200,"Check":{"CheckID":"db-ttl","TTL":"10s"}}"#,
+        )
+        .await;
+    assert_eq!(register.status, 200, "{}", register.body);
+    let pass = raw.put("/v1/agent/check/pass/db-ttl?note=ok", "").await;
+    assert_eq!(pass.status, 200, "{}", pass.body);
+    first.shutdown().await;
+
+    clock.advance(Duration::from_secs(6));
+    let second = start().await.unwrap();
+    let raw = Raw::new(&second);
+    assert_eq!(
+        db_check(&raw, "db-ttl").await,
+        ("passing".into(), "ok".into())
+    );
+    // A whole TTL from the restart: still passing 6 s past the saved deadline.
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(
+        db_check(&raw, "db-ttl").await,
+        ("passing".into(), "ok".into())
+    );
+    clock.advance(Duration::from_secs(2));
+    let expired = (
+        "critical".into(),
+        "TTL expired (last output before timeout follows): ok".into(),
+    );
+    assert_eq!(db_check(&raw, "db-ttl").await, expired);
+    second.shutdown().await;
+
+    let third = start().await.unwrap();
+    let raw = Raw::new(&third);
+    assert_eq!(
+        db_check(&raw, "db-ttl").await,
+        ("critical".into(), "".into())
+    );
+    third.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -201,7 +201,8 @@ impl Catalog {
         }
     }
 
-    /// What `--data-dir` keeps: the registrations (check states start afresh).
+    /// What `--data-dir` keeps: the registrations, and the state of TTL checks still armed
+    /// (other checks start afresh, as in Consul).
     pub fn snapshot(&self) -> Vec<super::persist::ServiceSnapshot> {
         self.services
             .values()
@@ -209,6 +210,18 @@ impl Catalog {
                 registration: s.reg.clone(),
                 create_index: s.create_index,
                 modify_index: s.modify_index,
+                checks: s
+                    .checks
+                    .iter()
+                    .filter_map(|c| {
+                        Some(super::persist::CheckSnapshot {
+                            id: c.id.clone(),
+                            status: c.status.as_str().to_owned(),
+                            output: c.output.clone(),
+                            expires_at: c.ttl.and(c.expires_at)?,
+                        })
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -225,6 +238,7 @@ impl Catalog {
                 Ok(()) => {
                     if let Some(instance) = self.services.get_mut(&id) {
                         instance.create_index = s.create_index;
+                        restore_ttl_states(&mut instance.checks, &s.checks, now);
                     }
                 }
                 Err(e) => tracing::warn!(service = %id, error = %e, "saved service not restored"),
@@ -636,6 +650,27 @@ fn checks_for(
             })
         })
         .collect()
+}
+
+/// Puts back the saved state of TTL checks whose TTL had not run out by `now`; their new
+/// deadline (a whole TTL from `now`) stays as `insert` set it. Consul's `loadCheckState`.
+fn restore_ttl_states(
+    checks: &mut [CheckState],
+    saved: &[super::persist::CheckSnapshot],
+    now: OffsetDateTime,
+) {
+    for state in saved.iter().filter(|s| now < s.expires_at) {
+        let Some(check) = checks
+            .iter_mut()
+            .find(|c| c.id == state.id && c.ttl.is_some())
+        else {
+            continue;
+        };
+        if let Some(status) = CheckStatus::parse(&state.status) {
+            check.status = status;
+            check.output = state.output.clone();
+        }
+    }
 }
 
 fn connect_view(reg: &ServiceRegistration) -> ServiceConnect {

@@ -107,6 +107,24 @@ pub struct ServiceSnapshot {
     pub create_index: u64,
     /// Index of last change.
     pub modify_index: u64,
+    /// Its TTL checks' last states (absent in files written before they were kept).
+    #[serde(default)]
+    pub checks: Vec<CheckSnapshot>,
+}
+
+/// A TTL check's last state. As Consul's agent does with its persisted check state, a restart
+/// restores it if its TTL had not run out, and then gives the check a whole TTL again.
+#[derive(Serialize, Deserialize)]
+pub struct CheckSnapshot {
+    /// Check ID.
+    pub id: String,
+    /// Status as last set (`passing`, `warning`, `critical`).
+    pub status: String,
+    /// Output as last set.
+    pub output: String,
+    /// When the TTL runs out unless updated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: time::OffsetDateTime,
 }
 
 /// ACL tokens (with secrets) and policies.
