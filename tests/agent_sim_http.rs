@@ -550,17 +550,7 @@ async fn a_missed_ttl_wakes_blocking_health_queries() {
         .await
         .unwrap();
     let raw = Raw::new(&agent);
-    let register = raw
-        .put(
-            "/v1/agent/service/register",
-            r#"{"Name":"db","ID":"db-1","Port":19200,"Check":{"CheckID":"db-ttl","TTL":"10s"}}"#,
-        )
-        .await;
-    assert_eq!(register.status, 200, "{}", register.body);
-    let pass = raw
-        .put("/v1/agent/check/pass/db-ttl?note=all%20good", "")
-        .await;
-    assert_eq!(pass.status, 200, "{}", pass.body);
+    register_db_with_a_passing_ttl(&raw, "all%20good").await;
     let healthy = raw.get("/v1/health/service/db?passing").await;
     assert_eq!(healthy.json().as_array().unwrap().len(), 1);
 
@@ -599,6 +589,21 @@ async fn a_missed_ttl_wakes_blocking_health_queries() {
     );
 }
 
+/// Registers `db-1` with the 10 s TTL check `db-ttl` and passes it with `note` (URL-encoded).
+async fn register_db_with_a_passing_ttl(raw: &Raw, note: &str) {
+    let register = raw
+        .put(
+            "/v1/agent/service/register",
+            r#"{"Name":"db","ID":"db-1","Port":19200,"Check":{"CheckID":"db-ttl","TTL":"10s"}}"#,
+        )
+        .await;
+    assert_eq!(register.status, 200, "{}", register.body);
+    let pass = raw
+        .put(&format!("/v1/agent/check/pass/db-ttl?note={note}"), "")
+        .await;
+    assert_eq!(pass.status, 200, "{}", pass.body);
+}
+
 /// The status and output of check `id` of the first `db` instance.
 async fn db_check(raw: &Raw, id: &str) -> (serde_json::Value, serde_json::Value) {
     let entries = raw.get("/v1/health/service/db").await.json();
@@ -625,15 +630,7 @@ async fn ttl_check_state_survives_a_restart_until_it_expires() {
     };
     let first = start().await.unwrap();
     let raw = Raw::new(&first);
-    let register = raw
-        .put(
-            "/v1/agent/service/register",
-            r#"{"Name":"db","ID":"db-1","Port":19200,"Check":{"CheckID":"db-ttl","TTL":"10s"}}"#,
-        )
-        .await;
-    assert_eq!(register.status, 200, "{}", register.body);
-    let pass = raw.put("/v1/agent/check/pass/db-ttl?note=ok", "").await;
-    assert_eq!(pass.status, 200, "{}", pass.body);
+    register_db_with_a_passing_ttl(&raw, "ok").await;
     first.shutdown().await;
 
     clock.advance(Duration::from_secs(6));
