@@ -45,9 +45,9 @@ struct Cli {
         hide_env_values = true
     )]
     acl_initial_management_token: Option<String>,
-    /// A JSON config file with Consul's ACL settings: `acl_master_token`,
-    /// `acl_default_policy`, or the `acl` block (`enabled`, `default_policy`,
-    /// `tokens.initial_management` / `tokens.master`).
+    /// A config file (HCL if its name ends in `.hcl`, JSON otherwise) with Consul's ACL
+    /// settings: `acl_master_token`, `acl_default_policy`, or the `acl` block (`enabled`,
+    /// `default_policy`, `tokens.initial_management` / `tokens.master`).
     #[arg(long)]
     config_file: Option<std::path::PathBuf>,
 }
@@ -62,9 +62,7 @@ struct FileAcl {
 }
 
 fn read_config_file(path: &std::path::Path) -> Result<FileAcl, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json = agent_sim::config::read_file(path).map_err(|e| e.to_string())?;
     let str_at = |v: &serde_json::Value, pointer: &str| {
         v.pointer(pointer)
             .and_then(|v| v.as_str())

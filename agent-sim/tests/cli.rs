@@ -1,5 +1,6 @@
-//! The `agent-sim` binary: its listening line, ACL settings from flags and a config file,
-//! `--data-dir` surviving SIGKILL in the middle of acknowledged writes, and a clean SIGTERM.
+//! The `agent-sim` binary: its listening line, ACL settings from flags and from a config file
+//! (JSON or HCL), `--data-dir` surviving SIGKILL in the middle of acknowledged writes, and a
+//! clean SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -136,6 +137,45 @@ fn acl_settings_come_from_flags_and_from_a_1_4_config_file() {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["Policies"][0]["Name"], "global-management");
+}
+
+#[test]
+fn acl_settings_come_from_an_hcl_config_file() {
+    let dir = temp_dir("config-hcl");
+    let config = dir.join("acl.hcl");
+    std::fs::write(
+        &config,
+        "# as in Consul's own config files\nacl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens {\n    master = \"hcl-root\"\n  }\n}\n",
+    )
+    .unwrap();
+    let sim = Sim::start(&["--config-file", config.to_str().unwrap()]);
+    let (status, _) = http(&sim.addr, "GET", "/v1/agent/connect/ca/leaf/web", &[], "").unwrap();
+    assert_eq!(status, 403, "default deny from the acl block");
+    let (status, body) = http(
+        &sim.addr,
+        "GET",
+        "/v1/acl/token/self",
+        &[("X-Consul-Token", "hcl-root")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["Policies"][0]["Name"], "global-management");
+    drop(sim);
+
+    // A syntax error stops it, naming the file and the place.
+    std::fs::write(&config, "acl {\n  enabled = \n}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
+        .args(["--http-addr", "127.0.0.1:0", "--config-file"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("Error parsing {}: At 3:1:", config.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
