@@ -4,6 +4,8 @@
 //!   against `ConnectDialer` → `ConnectListener` with the agent authorizer and with the
 //!   intentions authorizer (rate at concurrency 1 and 32, latency p50/p99 at concurrency 1);
 //! - bulk throughput over one established connection: plain TCP, raw rustls, Connect;
+//! - HTTP/2 requests over one established connection: raw tokio-rustls + hyper against a
+//!   Connect stream to `consul_connect::http::serve`;
 //! - agent-sim's authorize and cached-leaf endpoints under keep-alive HTTP/1.1 load, and
 //!   authorize at 10 and 100,000 intentions;
 //! - leaf issuance through the agent against rcgen signing alone;
@@ -14,15 +16,16 @@
 //! worker per core, so on a small machine a high concurrency measures scheduling as well as
 //! crypto. The exceptions say so in the table: bulk transfers run client and server on two
 //! threads pinned to different cores, one authorize row runs agent and client on one thread,
-//! and the memory and issuance figures use an agent of their own. Run: `cargo bench --bench e2e` (about 3 min on a quiet machine; `-- --quick` for a
-//! pass under 2 min with smaller sizes, said so in the table).
+//! and the memory and issuance figures use an agent of their own. Run: `cargo bench --bench
+//! e2e` (about 3 min on a quiet machine; `-- --quick` for a pass under 2 min with smaller
+//! sizes, said so in the table).
 //!
 //! Other processes on a shared machine distort such figures, so each measurement reads
 //! `/proc/stat`: it waits briefly for a quiet moment, is made again when other processes took
 //! 10% or more of the CPU meanwhile (within a time budget), and the table says which figures
-//! were disturbed anyway. `E2E_ONLY=memory,handshakes,bulk,http,rotation` runs some sections,
-//! `E2E_TARGETS=raw,agent,intentions` some handshake rows (for profiling one of them),
-//! `E2E_BULK_REPS=n` the bulk repetitions.
+//! were disturbed anyway. `E2E_ONLY=memory,handshakes,bulk,apphttp,http,rotation` runs some
+//! sections, `E2E_TARGETS=raw,agent,intentions` some handshake rows (for profiling one of
+//! them), `E2E_BULK_REPS=n` the bulk repetitions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,7 +45,7 @@ use consul_connect::{ConnectListener, ConnectService, StaticResolver};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use support::raw_tls::raw_configs;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -230,10 +233,21 @@ async fn run(scale: Scale) {
         bulk(
             &scale,
             (
-                TlsConnector::from(raw_client),
-                TlsAcceptor::from(raw_server),
+                TlsConnector::from(raw_client.clone()),
+                TlsAcceptor::from(raw_server.clone()),
             ),
             (web.clone(), db_ixn.clone()),
+            &mut table,
+        )
+        .await;
+    }
+
+    if scale.runs("apphttp") {
+        phase("HTTP/2 over Connect");
+        app_http(
+            &scale,
+            (raw_client.clone(), raw_server.clone()),
+            (&web, &db_ixn),
             &mut table,
         )
         .await;
@@ -537,18 +551,33 @@ async fn hs_load(target: &Arc<Target>, concurrency: usize, secs: f64, record: bo
 }
 
 async fn hs_load_once(target: &Arc<Target>, concurrency: usize, secs: f64, record: bool) -> Load {
+    let target = target.clone();
+    closed_loop(concurrency, secs, record, move || {
+        let target = target.clone();
+        async move { target.once().await }
+    })
+    .await
+}
+
+/// `concurrency` tasks each running `op` back to back for `secs`, after a quiet moment: the
+/// count, failures, latencies (when `record`), and this process's CPU meanwhile.
+async fn closed_loop<F, Fut>(concurrency: usize, secs: f64, record: bool, op: F) -> Load
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     quiet().await;
     let cpu = Cpu::now();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let target = target.clone();
+            let op = op.clone();
             tokio::spawn(async move {
                 let mut load = Load::default();
                 while Instant::now() < until {
                     let t = Instant::now();
-                    match target.once().await {
+                    match op().await {
                         Ok(()) => {
                             load.ok += 1;
                             if record {
@@ -1083,6 +1112,207 @@ async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, bytes: u64) 
     stream.read_exact(&mut ack).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     bytes as f64 / secs
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 over Connect
+
+/// The body each HTTP/2 request carries.
+const APP_BODY: usize = 1024;
+
+/// HTTP/2 requests over one established connection, the same hyper and the same axum handler
+/// on both: raw tokio-rustls (ALPN `h2`) against a `ConnectDialer` stream to
+/// `consul_connect::http::serve` (which negotiates `h2` by ALPN as the SDK does).
+async fn app_http(
+    scale: &Scale,
+    (raw_client, raw_server): (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>),
+    (web, db): (&ConnectService, &ConnectService),
+    table: &mut Table,
+) {
+    let app = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+    );
+    let h2 = || vec![b"h2".to_vec()];
+
+    let mut server = (*raw_server).clone();
+    server.alpn_protocols = h2();
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = listener.local_addr().unwrap();
+    let raw_app = hyper_util::service::TowerToHyperService::new(app.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).unwrap();
+            let (acceptor, raw_app) = (acceptor.clone(), raw_app.clone());
+            tokio::spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), raw_app)
+                    .await;
+            });
+        }
+    });
+    let listener = ConnectListener::bind(db, "127.0.0.1:0").await.unwrap();
+    let connect_addr = listener.local_addr();
+    tokio::spawn(consul_connect::http::serve(listener, app));
+
+    let mut client = (*raw_client).clone();
+    client.alpn_protocols = h2();
+    let tcp = TcpStream::connect(raw_addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::IpAddress(raw_addr.ip().into());
+    let tls = TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let raw = h2_sender(tls).await;
+    let stream = web
+        .dialer()
+        .dial(&StaticResolver::new(connect_addr.to_string(), "db"))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let connect = h2_sender(stream).await;
+
+    let names = ["raw tokio-rustls + hyper", "Connect (dialer → http::serve)"];
+    // Per concurrency and target, one load per round; rounds interleave the two targets.
+    let mut loads: [[Vec<Load>; 2]; 2] = Default::default();
+    let rounds = scale.hs_rounds + 1;
+    let secs = scale.http_secs / 2.0;
+    for round in 0..rounds {
+        for (j, concurrency) in [1usize, 16].into_iter().enumerate() {
+            for (i, sender) in [&raw, &connect].into_iter().enumerate() {
+                let load = least_disturbed(|| h2_load(sender.clone(), concurrency, secs)).await;
+                assert_eq!(load.failed, 0, "{}: {:?}", names[i], load.first_error);
+                let mut latencies = load.latencies.clone();
+                let (p50, p99) = percentiles(&mut latencies);
+                println!(
+                    "  round {round}: HTTP/2 POST {APP_BODY} B, {:<32} {concurrency:>2} in flight {:>7.0} req/s  p50 {}  p99 {}, {} CPU each  (others {:.0}% CPU)",
+                    names[i],
+                    load.rate(),
+                    us(p50),
+                    us(p99),
+                    us(load.cpu_per_op()),
+                    load.foreign * 100.0
+                );
+                noted(format!("HTTP/2 {} c={concurrency}", names[i]), load.foreign);
+                loads[j][i].push(load);
+            }
+        }
+    }
+    // The median round's rate, p50 and CPU; p99 over every round's requests.
+    let stats = |loads: &[Load]| {
+        let p50s: Vec<f64> = loads
+            .iter()
+            .map(|l| percentiles(&mut l.latencies.clone()).0.as_secs_f64())
+            .collect();
+        let mut all: Vec<Duration> = loads.iter().flat_map(|l| l.latencies.clone()).collect();
+        let (_, p99) = percentiles(&mut all);
+        let rates: Vec<f64> = loads.iter().map(Load::rate).collect();
+        let cpus: Vec<f64> = loads.iter().map(|l| l.cpu_per_op().as_secs_f64()).collect();
+        (
+            median(&rates),
+            Duration::from_secs_f64(median(&p50s)),
+            p99,
+            Duration::from_secs_f64(median(&cpus)),
+        )
+    };
+    for (j, concurrency) in [1usize, 16].into_iter().enumerate() {
+        let (r, c) = (stats(&loads[j][0]), stats(&loads[j][1]));
+        let fmt = |(rate, p50, p99, cpu): (f64, Duration, Duration, Duration)| {
+            format!(
+                "{rate:.0} req/s, p50 {} p99 {}, {} CPU",
+                us(p50),
+                us(p99),
+                us(cpu)
+            )
+        };
+        let what = |i: usize| {
+            format!(
+                "HTTP/2 POST {APP_BODY} B, one connection, {concurrency} in flight: {}",
+                names[i]
+            )
+        };
+        table.row(
+            what(0),
+            fmt(r),
+            "(baseline)".into(),
+            String::new(),
+            String::new(),
+            None,
+        );
+        let cpu = c.3.as_secs_f64() / r.3.as_secs_f64();
+        let ratio = if concurrency == 1 {
+            format!(
+                "{:.2} (p50), CPU {cpu:.2}",
+                c.1.as_secs_f64() / r.1.as_secs_f64()
+            )
+        } else {
+            format!("{:.2} (rate), CPU {cpu:.2}", c.0 / r.0)
+        };
+        table.row(what(1), fmt(c), fmt(r), ratio, String::new(), None);
+    }
+    table.note(format!(
+        "HTTP/2: one established connection each, requests of {APP_BODY} B answered by the same \
+         axum handler; hyper's HTTP/2 client and server on both sides, the Connect server \
+         being `consul_connect::http::serve` (caller identity attached to each request). \
+         Latency at 1 in flight, rate at 16; the median of {rounds} interleaved rounds."
+    ));
+}
+
+/// An HTTP/2 client over `io`; its connection task is spawned.
+async fn h2_sender<IO>(io: IO) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `concurrency` requests in flight on `sender`'s connection for `secs`.
+async fn h2_load(
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    concurrency: usize,
+    secs: f64,
+) -> Load {
+    let body = Bytes::from(vec![b'x'; APP_BODY]);
+    let send = |mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>, body: Bytes| async move {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("http://db/echo")
+            .body(Full::new(body))
+            .unwrap();
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = response.status() == StatusCode::OK;
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        if ok && answer.to_bytes() == APP_BODY.to_string().as_bytes() {
+            Ok(())
+        } else {
+            Err("unexpected answer".to_owned())
+        }
+    };
+    // Warm up the connection.
+    for _ in 0..50 {
+        send(sender.clone(), body.clone()).await.unwrap();
+    }
+    closed_loop(concurrency, secs, true, move || {
+        send(sender.clone(), body.clone())
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
