@@ -61,6 +61,9 @@ use crate::resolve::{CatalogResolver, PreparedQueryResolver};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 
+mod poll_again;
+pub use poll_again::PollAgain;
+
 /// A boxed error, as hyper and tower pass them around.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -88,41 +91,43 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Caller {
-    id: ServiceId,
-    remote: SocketAddr,
+    // Shared: every request of a connection carries a clone.
+    inner: std::sync::Arc<(ServiceId, SocketAddr)>,
 }
 
 impl Caller {
     /// A caller with identity `id` connected from `remote`.
     pub fn new(id: ServiceId, remote: SocketAddr) -> Self {
-        Self { id, remote }
+        Self {
+            inner: std::sync::Arc::new((id, remote)),
+        }
     }
 
     /// The client's SPIFFE service identity, verified and authorized.
     pub fn id(&self) -> &ServiceId {
-        &self.id
+        &self.inner.0
     }
 
     /// The client's service name (shorthand for `id().service()`).
     pub fn service(&self) -> &str {
-        self.id.service()
+        self.inner.0.service()
     }
 
     /// The client's TCP address.
     pub fn remote_addr(&self) -> SocketAddr {
-        self.remote
+        self.inner.1
     }
 }
 
 impl fmt::Debug for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Caller({} at {})", self.id, self.remote)
+        write!(f, "Caller({} at {})", self.id(), self.remote_addr())
     }
 }
 
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.id, f)
+        fmt::Display::fmt(self.id(), f)
     }
 }
 
@@ -300,23 +305,26 @@ where
     };
     let io = TokioIo::new(stream);
     // The timer gives HTTP/1 its default 30 s limit for reading a request's headers.
+    // HTTP/1 connections wake themselves for every request body; see `PollAgain`.
     match alpn.as_deref() {
         Some(b"h2") => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .serve_connection(io, service)
             .await
             .map_err(Into::into),
-        Some(b"http/1.1") => hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
-            .map_err(Into::into),
+        Some(b"http/1.1") => PollAgain::new(
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .with_upgrades(),
+        )
+        .await
+        .map_err(Into::into),
         _ => {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new());
             builder.http2().timer(TokioTimer::new());
-            builder.serve_connection_with_upgrades(io, service).await
+            PollAgain::new(builder.serve_connection_with_upgrades(io, service)).await
         }
     }
 }
