@@ -1158,9 +1158,10 @@ async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, bytes: u64) 
 /// The body each HTTP/2 request carries.
 const APP_BODY: usize = 1024;
 
-/// HTTP/2 requests over one established connection, the same hyper and the same axum handler
-/// on both: raw tokio-rustls (ALPN `h2`) against a `ConnectDialer` stream to
-/// `consul_connect::http::serve` (which negotiates `h2` by ALPN as the SDK does).
+/// HTTP requests over one established connection, the same hyper and the same axum handler on
+/// both sides: raw tokio-rustls against a Connect connection to `consul_connect::http::serve`.
+/// HTTP/2 as the SDK's own clients negotiate it, and HTTP/1.1 as clients that do not offer
+/// `h2` speak it (Go's Connect SDK among them).
 async fn app_http(
     scale: &Scale,
     (raw_client, raw_server): (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>),
@@ -1171,10 +1172,11 @@ async fn app_http(
         "/echo",
         axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
     );
-    let h2 = || vec![b"h2".to_vec()];
+    let (h2, h1) = (b"h2".to_vec(), b"http/1.1".to_vec());
 
+    // The raw server does what `serve_connection` does, with hyper alone.
     let mut server = (*raw_server).clone();
-    server.alpn_protocols = h2();
+    server.alpn_protocols = vec![h2.clone(), h1.clone()];
     let acceptor = TlsAcceptor::from(Arc::new(server));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let raw_addr = listener.local_addr().unwrap();
@@ -1185,9 +1187,17 @@ async fn app_http(
             let (acceptor, raw_app) = (acceptor.clone(), raw_app.clone());
             tokio::spawn(async move {
                 let tls = acceptor.accept(tcp).await.unwrap();
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), raw_app)
-                    .await;
+                let io = TokioIo::new(tls);
+                if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, raw_app)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .serve_connection(io, raw_app)
+                        .await;
+                }
             });
         }
     });
@@ -1195,48 +1205,104 @@ async fn app_http(
     let connect_addr = listener.local_addr();
     tokio::spawn(consul_connect::http::serve(listener, app));
 
-    let mut client = (*raw_client).clone();
-    client.alpn_protocols = h2();
-    let tcp = TcpStream::connect(raw_addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let name = ServerName::IpAddress(raw_addr.ip().into());
-    let tls = TlsConnector::from(Arc::new(client))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let raw = h2_sender(tls).await;
-    let stream = web
+    let raw_tls = |alpn: Vec<u8>| {
+        let mut client = (*raw_client).clone();
+        client.alpn_protocols = vec![alpn];
+        async move {
+            let tcp = TcpStream::connect(raw_addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = ServerName::IpAddress(raw_addr.ip().into());
+            TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        }
+    };
+    // The SDK's dialer offers h2 and http/1.1; an HTTP/1.1-only client uses the same verified
+    // configuration with ALPN http/1.1 alone.
+    let connect_h2 = web
         .dialer()
         .dial(&StaticResolver::new(connect_addr.to_string(), "db"))
         .await
         .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let connect = h2_sender(stream).await;
-
-    let names = ["raw tokio-rustls + hyper", "Connect (dialer → http::serve)"];
-    // Per concurrency and target, one load per round; rounds interleave the two targets.
-    let mut loads: [[Vec<Load>; 2]; 2] = Default::default();
+    let mut h1_only = (*web
+        .client_config()
+        .for_server(consul_connect::tls::ExpectedServer::new("db")))
+    .clone();
+    h1_only.alpn_protocols = vec![h1.clone()];
+    let tcp = TcpStream::connect(connect_addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let connect_h1 = TlsConnector::from(Arc::new(h1_only))
+        .connect(ServerName::IpAddress(connect_addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let raw_h2 = raw_tls(h2.clone()).await;
+    let raw_h1 = raw_tls(h1.clone()).await;
+    for (alpn, tls) in [
+        (&h2, raw_h2.get_ref().1.alpn_protocol()),
+        (&h2, connect_h2.get_ref().1.alpn_protocol()),
+        (&h1, raw_h1.get_ref().1.alpn_protocol()),
+        (&h1, connect_h1.get_ref().1.alpn_protocol()),
+    ] {
+        assert_eq!(tls, Some(&alpn[..]));
+    }
+    // (label, concurrency, [raw, Connect])
+    let figures = [
+        (
+            "HTTP/2",
+            1,
+            [AppSender::h2(raw_h2).await, AppSender::h2(connect_h2).await],
+        ),
+        (
+            "HTTP/1.1",
+            1,
+            [AppSender::h1(raw_h1).await, AppSender::h1(connect_h1).await],
+        ),
+    ];
+    let names = ["raw tokio-rustls + hyper", "Connect (http::serve)"];
+    let concurrencies = |label: &str| {
+        if label == "HTTP/2" {
+            vec![1usize, 16]
+        } else {
+            vec![1]
+        }
+    };
+    // Per figure, per target: one load per round; rounds interleave the two targets.
+    let mut loads: Vec<(String, usize, [Vec<Load>; 2])> = Vec::new();
+    for (label, _, _) in &figures {
+        for c in concurrencies(label) {
+            loads.push((label.to_string(), c, Default::default()));
+        }
+    }
     let rounds = scale.hs_rounds + 1;
     let secs = scale.http_secs / 2.0;
     for round in 0..rounds {
-        for (j, concurrency) in [1usize, 16].into_iter().enumerate() {
-            for (i, sender) in [&raw, &connect].into_iter().enumerate() {
-                let load = least_disturbed(|| h2_load(sender.clone(), concurrency, secs)).await;
-                assert_eq!(load.failed, 0, "{}: {:?}", names[i], load.first_error);
+        for (label, concurrency, per_target) in &mut loads {
+            let senders = &figures.iter().find(|f| f.0 == label.as_str()).unwrap().2;
+            for (i, sender) in senders.iter().enumerate() {
+                let load = least_disturbed(|| app_load(sender.clone(), *concurrency, secs)).await;
+                assert_eq!(
+                    load.failed, 0,
+                    "{label} {}: {:?}",
+                    names[i], load.first_error
+                );
                 let mut latencies = load.latencies.clone();
                 let (p50, p99) = percentiles(&mut latencies);
                 println!(
-                    "  round {round}: HTTP/2 POST {APP_BODY} B, {:<32} {concurrency:>2} in flight {:>7.0} req/s  p50 {}  p99 {}, {} CPU each  (others {:.0}% CPU)",
+                    "  round {round}: {label} POST {APP_BODY} B, {:<26} {concurrency:>2} in flight {:>7.0} req/s  p50 {}  p99 {}, {} CPU and {:.2} context switches each  (others {:.0}% CPU)",
                     names[i],
                     load.rate(),
                     us(p50),
                     us(p99),
                     us(load.cpu_per_op()),
+                    load.switches_per_op(),
                     load.foreign * 100.0
                 );
-                noted(format!("HTTP/2 {} c={concurrency}", names[i]), load.foreign);
-                loads[j][i].push(load);
+                noted(
+                    format!("{label} {} c={concurrency}", names[i]),
+                    load.foreign,
+                );
+                per_target[i].push(load);
             }
         }
     }
@@ -1257,19 +1323,19 @@ async fn app_http(
             Duration::from_secs_f64(median(&cpus)),
         )
     };
-    for (j, concurrency) in [1usize, 16].into_iter().enumerate() {
-        let (r, c) = (stats(&loads[j][0]), stats(&loads[j][1]));
-        let fmt = |(rate, p50, p99, cpu): (f64, Duration, Duration, Duration)| {
-            format!(
-                "{rate:.0} req/s, p50 {} p99 {}, {} CPU",
-                us(p50),
-                us(p99),
-                us(cpu)
-            )
-        };
+    let fmt = |(rate, p50, p99, cpu): (f64, Duration, Duration, Duration)| {
+        format!(
+            "{rate:.0} req/s, p50 {} p99 {}, {} CPU",
+            us(p50),
+            us(p99),
+            us(cpu)
+        )
+    };
+    for (label, concurrency, per_target) in &loads {
+        let (r, c) = (stats(&per_target[0]), stats(&per_target[1]));
         let what = |i: usize| {
             format!(
-                "HTTP/2 POST {APP_BODY} B, one connection, {concurrency} in flight: {}",
+                "{label} POST {APP_BODY} B, one connection, {concurrency} in flight: {}",
                 names[i]
             )
         };
@@ -1282,7 +1348,7 @@ async fn app_http(
             None,
         );
         let cpu = c.3.as_secs_f64() / r.3.as_secs_f64();
-        let ratio = if concurrency == 1 {
+        let ratio = if *concurrency == 1 {
             format!(
                 "{:.2} (p50), CPU {cpu:.2}",
                 c.1.as_secs_f64() / r.1.as_secs_f64()
@@ -1293,44 +1359,67 @@ async fn app_http(
         table.row(what(1), fmt(c), fmt(r), ratio, String::new(), None);
     }
     table.note(format!(
-        "HTTP/2: one established connection each, requests of {APP_BODY} B answered by the same \
-         axum handler; hyper's HTTP/2 client and server on both sides, the Connect server \
-         being `consul_connect::http::serve` (caller identity attached to each request). \
+        "HTTP over Connect: one established connection each, requests of {APP_BODY} B answered by \
+         the same axum handler, hyper on both sides. Raw: tokio-rustls and hyper's HTTP/2 or \
+         HTTP/1.1 server by ALPN, as `serve_connection` chooses; Connect: \
+         `consul_connect::http::serve` (caller identity attached to each request; HTTP/1 \
+         connections wrapped in `http::PollAgain`), reached with the SDK's dialer for HTTP/2 and \
+         with its verified client configuration restricted to ALPN `http/1.1` for HTTP/1.1. \
          Latency at 1 in flight, rate at 16; the median of {rounds} interleaved rounds."
     ));
 }
 
-/// An HTTP/2 client over `io`; its connection task is spawned.
-async fn h2_sender<IO>(io: IO) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
+/// One established HTTP connection to send requests on.
+#[derive(Clone)]
+enum AppSender {
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-/// `concurrency` requests in flight on `sender`'s connection for `secs`.
-async fn h2_load(
-    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    concurrency: usize,
-    secs: f64,
-) -> Load {
-    let body = Bytes::from(vec![b'x'; APP_BODY]);
-    let send = |mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>, body: Bytes| async move {
+impl AppSender {
+    async fn h2<IO>(io: IO) -> Self
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        AppSender::H2(sender)
+    }
+
+    async fn h1<IO>(io: IO) -> Self
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        AppSender::H1(Arc::new(tokio::sync::Mutex::new(sender)))
+    }
+
+    /// POSTs `body` to `/echo` and checks the answer.
+    async fn send(self, body: Bytes) -> Result<(), String> {
         let request = Request::builder()
             .method(Method::POST)
-            .uri("http://db/echo")
+            .uri("/echo")
+            .header(http::header::HOST, "db")
             .body(Full::new(body))
             .unwrap();
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = match self {
+            AppSender::H2(mut sender) => {
+                sender.ready().await.map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+            AppSender::H1(sender) => {
+                let mut sender = sender.lock().await;
+                sender.ready().await.map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let ok = response.status() == StatusCode::OK;
         let answer = response
             .into_body()
@@ -1342,13 +1431,17 @@ async fn h2_load(
         } else {
             Err("unexpected answer".to_owned())
         }
-    };
-    // Warm up the connection.
+    }
+}
+
+/// `concurrency` requests in flight on `sender`'s connection for `secs`, after a warm-up.
+async fn app_load(sender: AppSender, concurrency: usize, secs: f64) -> Load {
+    let body = Bytes::from(vec![b'x'; APP_BODY]);
     for _ in 0..50 {
-        send(sender.clone(), body.clone()).await.unwrap();
+        sender.clone().send(body.clone()).await.unwrap();
     }
     closed_loop(concurrency, secs, true, move || {
-        send(sender.clone(), body.clone())
+        sender.clone().send(body.clone())
     })
     .await
 }
