@@ -3,8 +3,10 @@
 //!
 //! Serving: [`serve`] runs any tower service (an axum `Router`, a tonic `Routes`, a
 //! `tower::service_fn`) on a listener, HTTP/1.1 or HTTP/2 as the client negotiated with ALPN.
-//! Every request carries the authorized client as a [`Caller`] extension. With the `axum`
-//! feature, `ConnectListener` is also an `axum::serve::Listener`, and `Caller` an extractor.
+//! Every request carries the authorized client as a [`Caller`] extension, and HTTP/1
+//! connections run inside [`PollAgain`], which spares a worker wake-up per request body. With
+//! the `axum` feature, `ConnectListener` is also an `axum::serve::Listener`, and `Caller` an
+//! extractor (`axum::serve` drives connections itself, without `PollAgain`).
 //!
 //! Calling: [`ConnectConnector`] is a tower `Service<Uri>` for hyper-util's pooled client (and
 //! tonic's `Endpoint`). It maps `http://<name>.service[.<datacenter>].consul/...` to the
