@@ -124,6 +124,25 @@ async fn start_http(
     (addr, rejections)
 }
 
+/// A hand-made Connect dial to `server` at `addr` offering exactly `alpn`.
+async fn dial_with_alpn(
+    client: &ConnectService,
+    addr: SocketAddr,
+    server: &str,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut config = (*client
+        .client_config()
+        .for_server(ExpectedServer::new(server)))
+    .clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A hand-made Connect dial offering exactly `alpn`, then one `GET /` spoken as HTTP/2 or
 /// HTTP/1.1. Returns the response version and body.
 async fn get_with_alpn(
@@ -133,17 +152,7 @@ async fn get_with_alpn(
     alpn: &[&[u8]],
     h2: bool,
 ) -> Result<(Version, String), String> {
-    let mut config = (*client
-        .client_config()
-        .for_server(ExpectedServer::new(server)))
-    .clone();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = TokioIo::new(tls);
+    let io = TokioIo::new(dial_with_alpn(client, addr, server, alpn).await?);
     let response = if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
@@ -213,6 +222,49 @@ async fn http1_and_http2_by_alpn_with_the_caller_seen_by_the_handler() {
                 .await
                 .is_err());
         }
+    }
+}
+
+/// Request bodies of every size arrive whole over one HTTP/1.1 keep-alive connection through
+/// `serve`, whose HTTP/1 connections run inside `PollAgain` (bodies are where hyper's
+/// connection task wakes itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_bodies_arrive_whole_through_serve() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let app = Router::new().route(
+        "/count",
+        axum::routing::post(|request: axum::extract::Request| async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+            format!("{} {sum}", body.len())
+        }),
+    );
+    tokio::spawn(serve(listener, app));
+
+    let tls = dial_with_alpn(&web, addr, "db", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for size in [0usize, 1, 1000, 64 * 1024, (1 << 20) + 7, 4 << 20] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+        let request = Request::post("/count")
+            .header(http::header::HOST, "db")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_11);
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(String::from_utf8_lossy(&answer), format!("{size} {sum}"));
     }
 }
 
