@@ -24,14 +24,27 @@ pub(crate) struct SyntaxError {
 /// `"service": {"web": {…}}`), and a key given twice merges objects and keeps the later scalar.
 pub(crate) fn hcl_to_json(text: &str) -> Result<serde_json::Value, SyntaxError> {
     let items = HclParser::new(text).parse()?;
-    Ok(serde_json::Value::Object(object_json(&items)))
+    Ok(serde_json::Value::Object(object_json(&items, 0)?))
 }
 
-fn object_json(items: &[Item]) -> serde_json::Map<String, serde_json::Value> {
+/// `depth` counts objects, lists and labels around `items`: labels nest too, and the parser
+/// does not count them, so this keeps the result (and its recursive drop) within
+/// [`MAX_NESTING`].
+fn object_json(
+    items: &[Item],
+    depth: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>, SyntaxError> {
     let mut object = serde_json::Map::new();
     for item in items {
+        let depth = depth + item.keys.len();
+        if depth > MAX_NESTING {
+            return Err(syntax_error(
+                item.pos(),
+                format!("nesting deeper than {MAX_NESTING} levels"),
+            ));
+        }
         // `a "b" "c" = v` is `a { b { c = v } }`.
-        let mut value = node_json(&item.value);
+        let mut value = node_json(&item.value, depth)?;
         for key in item.keys.iter().skip(1).rev() {
             value =
                 serde_json::Value::Object(serde_json::Map::from_iter([(key.value.clone(), value)]));
@@ -40,7 +53,7 @@ fn object_json(items: &[Item]) -> serde_json::Map<String, serde_json::Value> {
             merge_json(&mut object, first.value.clone(), value);
         }
     }
-    object
+    Ok(object)
 }
 
 fn merge_json(
@@ -60,10 +73,13 @@ fn merge_json(
     }
 }
 
-fn node_json(node: &Node) -> serde_json::Value {
-    match node {
-        Node::Object { items, .. } => serde_json::Value::Object(object_json(items)),
-        Node::List { elems, .. } => elems.iter().map(node_json).collect(),
+fn node_json(node: &Node, depth: usize) -> Result<serde_json::Value, SyntaxError> {
+    Ok(match node {
+        Node::Object { items, .. } => serde_json::Value::Object(object_json(items, depth)?),
+        Node::List { elems, .. } => elems
+            .iter()
+            .map(|e| node_json(e, depth + 1))
+            .collect::<Result<_, _>>()?,
         Node::Lit(lit) => match lit.kind {
             LitKind::Str | LitKind::Heredoc => serde_json::Value::String(lit.value.clone()),
             LitKind::Bool => serde_json::Value::Bool(lit.value == "true"),
@@ -71,7 +87,7 @@ fn node_json(node: &Node) -> serde_json::Value {
             LitKind::Number | LitKind::Float => serde_json::from_str(&lit.value)
                 .unwrap_or_else(|_| serde_json::Value::String(lit.value.clone())),
         },
-    }
+    })
 }
 
 fn syntax_error(pos: Pos, message: String) -> SyntaxError {
@@ -1306,6 +1322,18 @@ mod tests {
                 "service": {"web": {"v2": {"port": 80.5}}},
             })
         );
+    }
+
+    #[test]
+    fn labels_count_as_nesting() {
+        let deep = format!("a {} {{ x = 1 }}", "\"l\" ".repeat(100_000));
+        let err = hcl_to_json(&deep).unwrap_err();
+        assert_eq!(
+            err.message,
+            format!("nesting deeper than {MAX_NESTING} levels")
+        );
+        let ok = format!("a {} {{ x = 1 }}", "\"l\" ".repeat(MAX_NESTING - 2));
+        assert!(hcl_to_json(&ok).is_ok());
     }
 
     #[test]
