@@ -84,8 +84,18 @@ fn node_json(node: &Node, depth: usize) -> Result<serde_json::Value, SyntaxError
             LitKind::Str | LitKind::Heredoc => serde_json::Value::String(lit.value.clone()),
             LitKind::Bool => serde_json::Value::Bool(lit.value == "true"),
             LitKind::Null => serde_json::Value::Null,
-            LitKind::Number | LitKind::Float => serde_json::from_str(&lit.value)
-                .unwrap_or_else(|_| serde_json::Value::String(lit.value.clone())),
+            // Rust's float parsing rounds correctly, as Go's strconv does (serde_json's
+            // default parser can be one ulp off for long decimals).
+            LitKind::Number | LitKind::Float => lit
+                .value
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .ok()
+                .or_else(|| {
+                    let float = lit.value.parse::<f64>().ok()?;
+                    serde_json::Number::from_f64(float).map(serde_json::Value::Number)
+                })
+                .unwrap_or_else(|| serde_json::Value::String(lit.value.clone())),
         },
     })
 }
@@ -1309,6 +1319,8 @@ mod tests {
             }
             acl { tokens { agent = "a" } }
             ports = { http = 8500 }
+            ratio = 3333333333333333333333333333333333333333.333
+            big = 99999999999999999999
             retry_join = ["a", "b"]
             service "web" "v2" { port = 80.5 }
         "#;
@@ -1318,6 +1330,8 @@ mod tests {
                 "acl_master_token": "root",
                 "acl": {"enabled": true, "default_policy": "deny", "tokens": {"master": "m", "agent": "a"}},
                 "ports": {"http": 8500},
+                "ratio": 3.333333333333333e39_f64,
+                "big": 1e20_f64,
                 "retry_join": ["a", "b"],
                 "service": {"web": {"v2": {"port": 80.5}}},
             })
