@@ -1218,24 +1218,14 @@ async fn app_http(
                 .unwrap()
         }
     };
-    // The SDK's dialer offers h2 and http/1.1; an HTTP/1.1-only client uses the same verified
-    // configuration with ALPN http/1.1 alone.
-    let connect_h2 = web
-        .dialer()
-        .dial(&StaticResolver::new(connect_addr.to_string(), "db"))
-        .await
-        .unwrap();
-    let mut h1_only = (*web
-        .client_config()
-        .for_server(consul_connect::tls::ExpectedServer::new("db")))
-    .clone();
-    h1_only.alpn_protocols = vec![h1.clone()];
-    let tcp = TcpStream::connect(connect_addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let connect_h1 = TlsConnector::from(Arc::new(h1_only))
-        .connect(ServerName::IpAddress(connect_addr.ip().into()), tcp)
-        .await
-        .unwrap();
+    // The SDK's dialer offers h2 and http/1.1; an HTTP/1.1-only client offers http/1.1 alone.
+    let dial = |alpn: Vec<u8>| {
+        let dialer = web.dialer().alpn([alpn]);
+        let resolver = StaticResolver::new(connect_addr.to_string(), "db");
+        async move { dialer.dial(&resolver).await }
+    };
+    let connect_h2 = dial(h2.clone()).await.unwrap();
+    let connect_h1 = dial(h1.clone()).await.unwrap();
     let raw_h2 = raw_tls(h2.clone()).await;
     let raw_h1 = raw_tls(h1.clone()).await;
     for (alpn, tls) in [
@@ -1363,8 +1353,8 @@ async fn app_http(
          the same axum handler, hyper on both sides. Raw: tokio-rustls and hyper's HTTP/2 or \
          HTTP/1.1 server by ALPN, as `serve_connection` chooses; Connect: \
          `consul_connect::http::serve` (caller identity attached to each request; HTTP/1 \
-         connections wrapped in `http::PollAgain`), reached with the SDK's dialer for HTTP/2 and \
-         with its verified client configuration restricted to ALPN `http/1.1` for HTTP/1.1. \
+         connections wrapped in `http::PollAgain`), reached with the SDK's dialer offering ALPN \
+         `h2` or `http/1.1` alone. \
          Latency at 1 in flight, rate at 16; the median of {rounds} interleaved rounds."
     ));
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -81,13 +82,22 @@ pub enum DialError {
 pub struct ConnectDialer {
     service: ConnectService,
     timeout: Duration,
+    /// ALPN protocols to offer instead of the configuration's (`h2`, `http/1.1`).
+    alpn: Option<Arc<[Vec<u8>]>>,
 }
 
 impl fmt::Debug for ConnectDialer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let alpn = self.alpn.as_ref().map(|protocols| {
+            protocols
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+        });
         f.debug_struct("ConnectDialer")
             .field("service", &self.service.name())
             .field("timeout", &self.timeout)
+            .field("alpn", &alpn)
             .finish()
     }
 }
@@ -97,12 +107,28 @@ impl ConnectDialer {
         Self {
             service,
             timeout: DEFAULT_DIAL_TIMEOUT,
+            alpn: None,
         }
     }
 
     /// The limit for a whole dial (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The application protocols to offer with ALPN, most preferred first, instead of `h2`
+    /// then `http/1.1`. An empty list offers none.
+    ///
+    /// ```no_run
+    /// # async fn run(web: consul_connect::ConnectService) -> Result<(), Box<dyn std::error::Error>> {
+    /// // Speak HTTP/1.1 to db even though it would agree to HTTP/2.
+    /// let stream = web.dialer().alpn([b"http/1.1".to_vec()]).dial_service("db").await?;
+    /// assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub fn alpn(mut self, protocols: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        self.alpn = Some(protocols.into_iter().collect());
         self
     }
 
@@ -151,10 +177,13 @@ impl ConnectDialer {
             .await
             .map_err(AttemptError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let config = self
+        let mut config = self
             .service
             .client_config()
             .for_server(candidate.expected.clone());
+        if let Some(alpn) = &self.alpn {
+            Arc::make_mut(&mut config).alpn_protocols = alpn.to_vec();
+        }
         // SPIFFE peers have no DNS name and no SNI is sent; rustls still wants a name, so give
         // it the peer's IP. The verifier checks the SPIFFE identity instead.
         let ip: IpAddr = tcp.peer_addr().map_err(AttemptError::Connect)?.ip();

@@ -507,6 +507,7 @@ pub enum ConnectorError {
 pub struct ConnectConnector {
     service: ConnectService,
     timeout: Duration,
+    http1_only: bool,
 }
 
 impl fmt::Debug for ConnectConnector {
@@ -514,6 +515,7 @@ impl fmt::Debug for ConnectConnector {
         f.debug_struct("ConnectConnector")
             .field("service", &self.service.name())
             .field("dial_timeout", &self.timeout)
+            .field("http1_only", &self.http1_only)
             .finish()
     }
 }
@@ -524,12 +526,29 @@ impl ConnectConnector {
         Self {
             service: service.clone(),
             timeout: DEFAULT_DIAL_TIMEOUT,
+            http1_only: false,
         }
     }
 
     /// The limit for one whole dial: resolution and every instance tried (default 10 s).
     pub fn dial_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Offers only `http/1.1` with ALPN, so connections speak HTTP/1.1 even to servers that
+    /// would agree to HTTP/2. One request at a time per connection (the pool opens more), but
+    /// each costs less: hyper runs every HTTP/2 stream as a task of its own (see
+    /// BENCHMARKS.md, "HTTP over Connect").
+    ///
+    /// ```no_run
+    /// # fn run(web: consul_connect::ConnectService) {
+    /// use consul_connect::http::{ConnectConnector, HttpClient};
+    /// let client: HttpClient = HttpClient::with_connector(ConnectConnector::new(&web).http1_only());
+    /// # }
+    /// ```
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
         self
     }
 
@@ -547,12 +566,11 @@ impl ConnectConnector {
                 Box::new(PreparedQueryResolver::new(agent, target.name).datacenter(dc))
             }
         };
-        let stream = self
-            .service
-            .dialer()
-            .timeout(self.timeout)
-            .dial(resolver.as_ref())
-            .await?;
+        let mut dialer = self.service.dialer().timeout(self.timeout);
+        if self.http1_only {
+            dialer = dialer.alpn([b"http/1.1".to_vec()]);
+        }
+        let stream = dialer.dial(resolver.as_ref()).await?;
         Ok(ConnectIo::new(stream))
     }
 }

@@ -301,6 +301,24 @@ async fn http_client_reaches_a_service_by_consul_name_and_reuses_connections() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
 
+    // Offering only http/1.1: the same server answers over HTTP/1.1. (How many connections
+    // hyper-util's pool opens for sequential HTTP/1.1 requests depends on when it sees the last
+    // one idle again, so it is not counted.)
+    let http1: HttpClient = HttpClient::with_connector(ConnectConnector::new(&web).http1_only());
+    for _ in 0..3 {
+        let response = http1.get("http://db.service.consul/").await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_11);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("caller={web_id} version=HTTP/1.1\n"));
+    }
+    let stream = web
+        .dialer()
+        .alpn([b"http/1.1".to_vec()])
+        .dial_service("db")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
     // Case, datacenter and port: the same service.
     let response = http
         .get("http://DB.Service.dc1.consul:8080/")
