@@ -225,17 +225,29 @@ async fn http1_and_http2_by_alpn_with_the_caller_seen_by_the_handler() {
     }
 }
 
-/// Request bodies of every size arrive whole over one HTTP/1.1 keep-alive connection through
-/// `serve`, whose HTTP/1 connections run inside `PollAgain` (bodies are where hyper's
-/// connection task wakes itself).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http1_request_bodies_arrive_whole_through_serve() {
+/// `db` serving `app` through `serve`, and a Connect connection to it from `web` that offered
+/// only `http/1.1`. Dropping the returned agent stops it.
+async fn http1_from_web_to_db_serving(
+    app: Router,
+) -> (agent_sim::Agent, tokio_rustls::client::TlsStream<TcpStream>) {
     let agent = start_agent().await;
     let client = sdk_client(&agent);
     let db = service(&client, "db").await;
     let web = service(&client, "web").await;
     let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr();
+    tokio::spawn(serve(listener, app));
+    let tls = dial_with_alpn(&web, addr, "db", &[b"http/1.1"])
+        .await
+        .unwrap();
+    (agent, tls)
+}
+
+/// Request bodies of every size arrive whole over one HTTP/1.1 keep-alive connection through
+/// `serve`, whose HTTP/1 connections run inside `PollAgain` (bodies are where hyper's
+/// connection task wakes itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_bodies_arrive_whole_through_serve() {
     let app = Router::new().route(
         "/count",
         axum::routing::post(|request: axum::extract::Request| async move {
@@ -244,11 +256,7 @@ async fn http1_request_bodies_arrive_whole_through_serve() {
             format!("{} {sum}", body.len())
         }),
     );
-    tokio::spawn(serve(listener, app));
-
-    let tls = dial_with_alpn(&web, addr, "db", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let (_agent, tls) = http1_from_web_to_db_serving(app).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -265,6 +273,56 @@ async fn http1_request_bodies_arrive_whole_through_serve() {
         assert_eq!(response.version(), Version::HTTP_11);
         let answer = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(String::from_utf8_lossy(&answer), format!("{size} {sum}"));
+    }
+}
+
+/// An HTTP/1.1 upgrade through `serve` (its connections run inside `PollAgain`): the 101 goes
+/// out, then the upgraded connection carries bytes both ways, as a WebSocket would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upgrades_work_through_serve() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Router::new().route(
+        "/echo",
+        get(|mut request: axum::extract::Request| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(upgrade.await.unwrap());
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = io.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    io.write_all(&buf[..n]).await.unwrap();
+                }
+            });
+            http::Response::builder()
+                .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, "echo")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        }),
+    );
+    let (_agent, tls) = http1_from_web_to_db_serving(app).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let request = Request::get("/echo")
+        .header(http::header::HOST, "db")
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "echo")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    for message in [&b"ping"[..], b"over the upgraded connection"] {
+        io.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        io.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, message);
     }
 }
 
