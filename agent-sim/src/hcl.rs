@@ -84,13 +84,14 @@ fn node_json(node: &Node, depth: usize) -> Result<serde_json::Value, SyntaxError
             LitKind::Str | LitKind::Heredoc => serde_json::Value::String(lit.value.clone()),
             LitKind::Bool => serde_json::Value::Bool(lit.value == "true"),
             LitKind::Null => serde_json::Value::Null,
-            // Rust's float parsing rounds correctly, as Go's strconv does (serde_json's
-            // default parser can be one ulp off for long decimals).
-            LitKind::Number | LitKind::Float => lit
-                .value
-                .parse::<i64>()
+            // Integers as hcl reads them (`0x` hex, leading-zero octal), others with Rust's
+            // float parsing, which rounds correctly as Go's strconv does (serde_json's default
+            // parser can be one ulp off for long decimals). Integers too large for i64 (an
+            // error in Go) are read as floats.
+            LitKind::Number | LitKind::Float => (lit.kind == LitKind::Number)
+                .then(|| go_int(&lit.value))
+                .flatten()
                 .map(serde_json::Value::from)
-                .ok()
                 .or_else(|| {
                     let float = lit.value.parse::<f64>().ok()?;
                     serde_json::Number::from_f64(float).map(serde_json::Value::Number)
@@ -98,6 +99,25 @@ fn node_json(node: &Node, depth: usize) -> Result<serde_json::Value, SyntaxError
                 .unwrap_or_else(|| serde_json::Value::String(lit.value.clone())),
         },
     })
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`, which hcl applies to number tokens: an optional sign,
+/// then `0x` hex, a leading `0` octal, or decimal.
+fn go_int(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (radix, digits) = match digits.strip_prefix("0x").or(digits.strip_prefix("0X")) {
+        Some(hex) => (16, hex),
+        None if digits.len() > 1 && digits.starts_with('0') => (8, &digits[1..]),
+        None => (10, digits),
+    };
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i128::from_str_radix(digits, radix).ok()?;
+    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
 }
 
 fn syntax_error(pos: Pos, message: String) -> SyntaxError {
@@ -1321,6 +1341,9 @@ mod tests {
             ports = { http = 8500 }
             ratio = 3333333333333333333333333333333333333333.333
             big = 99999999999999999999
+            mode = 0755
+            mask = 0x1F
+            offset = -12
             retry_join = ["a", "b"]
             service "web" "v2" { port = 80.5 }
         "#;
@@ -1332,6 +1355,9 @@ mod tests {
                 "ports": {"http": 8500},
                 "ratio": 3.333333333333333e39_f64,
                 "big": 1e20_f64,
+                "mode": 493,
+                "mask": 31,
+                "offset": -12,
                 "retry_join": ["a", "b"],
                 "service": {"web": {"v2": {"port": 80.5}}},
             })
