@@ -325,12 +325,8 @@ impl Catalog {
     /// a check changed.
     pub fn expire_ttl_checks(&mut self, now: OffsetDateTime, index: u64) -> bool {
         let mut changed = false;
-        self.ttl_horizon = None;
         for check in self.services.values_mut().flat_map(|s| s.checks.iter_mut()) {
             if !check.expired_at(now) {
-                if let Some(deadline) = check.expires_at {
-                    self.ttl_horizon = Some(self.ttl_horizon.map_or(deadline, |h| h.min(deadline)));
-                }
                 continue;
             }
             check.expires_at = None;
@@ -343,6 +339,13 @@ impl Catalog {
                 changed = true;
             }
         }
+        // Exact again: the earliest deadline still armed.
+        self.ttl_horizon = self
+            .services
+            .values()
+            .flat_map(|s| &s.checks)
+            .filter_map(|c| c.expires_at)
+            .min();
         changed
     }
 
