@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sim::ca::{BuiltinCa, CaProvider, EcKey};
-use consul_connect::api::{serial_hex, CaRoot, CaRootList, LeafCert};
+use consul_connect::api::{CaRoot, CaRootList, LeafCert};
 use consul_connect::spiffe::{ServiceId, SpiffeId, TrustDomain};
 use consul_connect::tls::{
     client_config, peer_identity, server_config, verify_client, verify_peer, ExpectedServer,
     Material, MaterialCell, PeerRole,
 };
+use consul_connect_types::api::serial_hex;
 use criterion::{criterion_main, Criterion};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
+use agent_sim::intentions::{fill_defaults, IntentionSet};
 use consul_connect::api::Intention;
-use consul_connect::intentions::{fill_defaults, DefaultDecision, IntentionSet};
+use consul_connect::intentions::DefaultDecision;
 use consul_connect::spiffe::ServiceId;
 use criterion::{criterion_main, BenchmarkId, Criterion};
-use time::OffsetDateTime;
 
 /// Exact sources per destination: with the two wildcard intentions, `svc-0` has ten candidates
 /// at every size, including the smallest (8 + 2 = 10 intentions).
@@ -23,21 +23,16 @@ const SOURCES_PER_DESTINATION: usize = 8;
 fn intention(id: String, source: String, destination_ns: &str, destination: String) -> Intention {
     let mut ixn = Intention {
         id,
-        description: String::new(),
         source_ns: "default".to_owned(),
         source_name: source,
         destination_ns: destination_ns.to_owned(),
         destination_name: destination,
         source_type: "consul".to_owned(),
         action: "deny".to_owned(),
-        default_addr: String::new(),
-        default_port: 0,
         meta: Some(BTreeMap::new()),
-        precedence: 0,
-        created_at: OffsetDateTime::UNIX_EPOCH,
-        updated_at: OffsetDateTime::UNIX_EPOCH,
         create_index: 1,
         modify_index: 1,
+        ..Intention::default()
     };
     fill_defaults(&mut ixn);
     ixn

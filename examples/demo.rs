@@ -70,7 +70,7 @@ async fn main() -> Result<(), Error> {
         destination_name: "echo".into(),
         action: "deny".into(),
         description: "demo: web may not call echo".into(),
-        ..serde_json::from_str("{}")?
+        ..Intention::default()
     };
     let id = client.create_intention(&deny).await?;
     println!("intention {id}: DENY web => echo");

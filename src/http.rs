@@ -63,7 +63,6 @@ use crate::resolve::{CatalogResolver, PreparedQueryResolver};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 
-mod poll_again;
 pub use poll_again::PollAgain;
 
 /// A boxed error, as hyper and tower pass them around.

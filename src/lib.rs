@@ -27,13 +27,17 @@ pub mod dialer;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod http;
-pub mod intentions;
 pub mod listener;
 pub mod resolve;
 pub mod service;
-pub mod spiffe;
 pub mod telemetry;
 pub mod tls;
+
+/// Consul's intention rules: precedence, evaluation order and the authorize decision, as the
+/// in-process authorizer applies them (from `consul-connect-types`).
+pub use consul_connect_types::intentions;
+/// SPIFFE identities as Consul issues them (from `consul-connect-types`).
+pub use consul_connect_types::spiffe;
 
 pub use agent::AgentClient;
 pub use authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};

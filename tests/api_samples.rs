@@ -4,7 +4,7 @@
 
 mod support;
 
-use consul_connect::api::{
+use consul_connect_types::api::{
     AgentService, AuthorizeResponse, CaConfiguration, CaRootList, CatalogService, Intention,
     IntentionCheck, IntentionCreated, IntentionMatches, LeafCert, ServiceEntry,
 };
@@ -123,7 +123,7 @@ fn intention_times_keep_nanoseconds() {
     assert_eq!(list[0].created_at.nanosecond(), 665_669_921);
     assert_eq!(
         list[0].parsed_action(),
-        Some(consul_connect::api::IntentionAction::Deny)
+        Some(consul_connect_types::api::IntentionAction::Deny)
     );
 }
 
@@ -148,7 +148,7 @@ fn discovery_round_trips() {
 
 #[test]
 fn agent_self_config_is_read() {
-    let s: consul_connect::api::AgentSelf =
+    let s: consul_connect_types::api::AgentSelf =
         serde_json::from_str(&Sample::load("51_agent_self.http").body).unwrap();
     assert_eq!(s.config.datacenter, "dc1");
     assert_eq!(s.config.version, "1.4.5");

@@ -5,8 +5,9 @@
 
 mod support;
 
+use agent_sim::intentions::IntentionSet;
 use consul_connect::api::Intention;
-use consul_connect::intentions::{DefaultDecision, IntentionSet};
+use consul_connect::intentions::DefaultDecision;
 use consul_connect::spiffe::ServiceId;
 use support::agent::{start_agent, Raw, TRUST_DOMAIN};
 

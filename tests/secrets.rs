@@ -14,15 +14,14 @@ use std::time::Duration;
 use agent_sim::acl_rules::DefaultPolicy;
 use agent_sim::Agent;
 use consul_connect::agent::{AgentClient, Token};
-use consul_connect::api::{
-    AclToken, CaConfiguration, Intention, LeafCert, ServiceConnect, ServiceRegistration,
-};
+use consul_connect::api::{Intention, LeafCert, ServiceConnect, ServiceRegistration};
 use consul_connect::intentions::DefaultDecision;
 use consul_connect::tls::{ExpectedServer, MaterialCell};
 use consul_connect::{
     AgentAuthorizer, CatalogResolver, ConnectListener, ConnectService, IntentionsAuthorizer,
     StaticResolver,
 };
+use consul_connect_types::api::{AclToken, CaConfiguration};
 use support::agent::{Raw, CLUSTER_ID, TRUST_DOMAIN};
 use support::faults::watch_config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

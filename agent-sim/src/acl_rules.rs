@@ -75,6 +75,7 @@ use std::iter;
 use std::str::FromStr;
 
 use crate::hcl::{flatten_json, HclParser, Item, JsonParser, LitKind, Node, Pos, SyntaxError};
+use consul_connect_types::go::go_quote;
 
 /// The access a rule grants. Ordered by privilege: `Deny < Read < Write`.
 ///
@@ -1117,32 +1118,6 @@ fn decode_error(pos: Pos, message: String) -> RulesError {
         column: pos.column,
         message,
     }
-}
-
-/// Go's `strconv.Quote` (what `%#v` prints for a string), for the characters rules text holds.
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use agent_sim::ca::{BuiltinCa, CaProvider, EcKey};
-//! use consul_connect::spiffe::{ServiceId, TrustDomain};
+//! use consul_connect_types::spiffe::{ServiceId, TrustDomain};
 //! use time::macros::datetime;
 //!
 //! let td = TrustDomain::new("11111111-2222-3333-4444-555555555555.consul")?;
@@ -34,8 +34,8 @@ use std::net::IpAddr;
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self as lc, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
-use consul_connect::api::colon_hex;
-use consul_connect::spiffe::{ServiceId, SigningId, SpiffeIdError, TrustDomain};
+use consul_connect_types::api::colon_hex;
+use consul_connect_types::spiffe::{ServiceId, SigningId, SpiffeIdError, TrustDomain};
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -1048,7 +1048,7 @@ mod tests {
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use consul_connect::api::serial_hex;
+    use consul_connect_types::api::serial_hex;
     use time::macros::datetime;
     use x509_parser::extensions::X509Extension;
     use x509_parser::oid_registry::{

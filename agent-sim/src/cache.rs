@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use consul_connect::api::{CaRootList, Intention};
-use consul_connect::spiffe::ServiceId;
+use consul_connect_types::api::{CaRootList, Intention};
+use consul_connect_types::spiffe::ServiceId;
 
 use crate::ca::CaError;
 use crate::clock::Clock;
@@ -271,11 +271,11 @@ pub struct ConnectCache {
 #[serde(untagged)]
 pub enum CachedBody {
     /// `/v1/catalog/service` and `/v1/catalog/connect`.
-    Catalog(Vec<consul_connect::api::CatalogService>),
+    Catalog(Vec<consul_connect_types::api::CatalogService>),
     /// `/v1/health/service` and `/v1/health/connect`.
-    Health(Vec<consul_connect::api::ServiceEntry>),
+    Health(Vec<consul_connect_types::api::ServiceEntry>),
     /// `/v1/query/:id/execute`.
-    Query(consul_connect::api::PreparedQueryResult),
+    Query(consul_connect_types::api::PreparedQueryResult),
 }
 
 /// A cached body and when it was fetched (for `Age` and `Cache-Control: max-age`).

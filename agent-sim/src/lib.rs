@@ -12,9 +12,9 @@ pub mod ca;
 pub mod cache;
 pub mod clock;
 pub mod config;
-pub mod duration;
 mod hcl;
 pub mod http;
+pub mod intentions;
 pub mod state;
 mod ttl;
 

@@ -92,7 +92,7 @@ fn read_config_file(path: &std::path::Path) -> Result<FileAcl, String> {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    agent_sim::duration::parse(s).map_err(|e| e.to_string())
+    consul_connect_types::go::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

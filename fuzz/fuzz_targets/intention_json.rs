@@ -13,9 +13,10 @@
 use std::collections::BTreeMap;
 
 use consul_connect::api::Intention;
+use agent_sim::intentions::{fill_defaults, validate, IntentionSet};
 use consul_connect::intentions::{
-    compare_precedence, decide_matches, decide_matches_by_name, fill_defaults, precedence,
-    validate, DefaultDecision, IntentionSet, WILDCARD,
+    compare_precedence, decide_matches, decide_matches_by_name, precedence, DefaultDecision,
+    WILDCARD,
 };
 use consul_connect::spiffe::{ServiceId, TrustDomain};
 use libfuzzer_sys::fuzz_target;

@@ -11,8 +11,8 @@ use x509_parser::extensions::GeneralName;
 
 use super::material::{unix_seconds, Material, Roots};
 use super::provider;
-use crate::api::serial_hex;
 use crate::spiffe::{ServiceId, SpiffeId, SpiffeIdError, TrustDomain};
+use consul_connect_types::api::serial_hex;
 
 /// The role of the peer whose certificate is checked, which decides the required extended
 /// key usage.

@@ -17,7 +17,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use consul_connect::api::{colon_hex, CaRoot, CaRootList, LeafCert};
+use consul_connect::api::{CaRoot, CaRootList, LeafCert};
+use consul_connect_types::api::colon_hex;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -389,7 +390,7 @@ impl Issued {
     /// The leaf's serial as Consul writes it.
     pub fn serial(&self) -> String {
         let (_, cert) = x509_parser::parse_x509_certificate(&self.chain[0]).expect("leaf DER");
-        consul_connect::api::serial_hex(cert.raw_serial())
+        consul_connect_types::api::serial_hex(cert.raw_serial())
     }
 
     /// The leaf as the agent's leaf endpoint returns it (CertPEM = leaf + intermediates).

@@ -387,7 +387,7 @@ pub async fn presented_serial(addr: std::net::SocketAddr) -> String {
         .take()
         .expect("the server sent a certificate");
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("leaf DER");
-    consul_connect::api::serial_hex(cert.raw_serial())
+    consul_connect_types::api::serial_hex(cert.raw_serial())
 }
 
 #[derive(Debug)]

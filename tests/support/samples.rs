@@ -1,4 +1,7 @@
-//! The responses a real Consul 1.4.5 agent gave, as captured with `curl -i`.
+//! The responses real Consul 1.4.5 and 1.10.9 agents gave, as captured with `curl -i`.
+//!
+//! The 1.10.9 captures start with the request, each line prefixed `> `; the 1.4.5 ones hold the
+//! response only, and their requests are those of the same-named 1.10.9 captures.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -12,6 +15,14 @@ pub struct Sample {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: String,
+    /// The request line's method and target (`GET`, `/v1/connect/ca/roots?pem=true`), where the
+    /// capture holds it.
+    pub request: Option<(String, String)>,
+}
+
+/// The folder of the 1.10.9 captures.
+pub fn dir_1_10_9() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/consul-1.10.9")
 }
 
 impl Sample {
@@ -22,11 +33,30 @@ impl Sample {
 
     /// Loads `tests/data/consul-1.4.5/<name>`.
     pub fn load(name: &str) -> Sample {
-        let path = Self::dir().join(name);
+        Self::load_path(&Self::dir().join(name))
+    }
+
+    /// Loads a capture of either set by path.
+    pub fn load_path(path: &std::path::Path) -> Sample {
+        let name = path.display();
         let raw =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let raw = raw.replace("\r\n", "\n");
-        let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+        let mut request = None;
+        let mut response = raw.as_str();
+        while let Some((line, rest)) = response.split_once('\n') {
+            let Some(line) = line.strip_prefix('>') else {
+                break;
+            };
+            if request.is_none() {
+                let mut words = line.split_whitespace();
+                if let (Some(method), Some(target)) = (words.next(), words.next()) {
+                    request = Some((method.to_owned(), target.to_owned()));
+                }
+            }
+            response = rest;
+        }
+        let (head, body) = response.split_once("\n\n").unwrap_or((response, ""));
         let mut lines = head.lines();
         let status_line = lines.next().unwrap_or_default();
         let status = status_line
@@ -42,6 +72,7 @@ impl Sample {
             status,
             headers,
             body: body.to_owned(),
+            request,
         }
     }
 

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use consul_connect::api::{AclPolicy, AclToken};
+use consul_connect_types::api::{AclPolicy, AclToken};
 
 use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};
 use crate::state::acl::AclError;

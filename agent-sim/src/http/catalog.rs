@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use consul_connect::api::ServiceRegistration;
+use consul_connect_types::api::ServiceRegistration;
 use serde_json::json;
 
 use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use consul_connect::api::CaConfiguration;
-use consul_connect::spiffe::ServiceId;
+use consul_connect_types::api::CaConfiguration;
+use consul_connect_types::spiffe::ServiceId;
 use tokio::time::Instant;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};

@@ -7,13 +7,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use consul_connect::api::{
+use consul_connect_types::api::{
     AuthorizeRequest, AuthorizeResponse, Intention, IntentionCheck, IntentionCreated,
 };
-use consul_connect::intentions::decide_matches;
+use consul_connect_types::intentions::decide_matches;
 #[cfg(test)]
-use consul_connect::intentions::WILDCARD;
-use consul_connect::spiffe::SpiffeId;
+use consul_connect_types::intentions::WILDCARD;
+use consul_connect_types::spiffe::SpiffeId;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
 use crate::state::intentions::{IntentionWrite, IntentionWriteError};
@@ -332,7 +332,7 @@ fn exact_names(
 }
 
 fn find_exact(
-    set: &consul_connect::intentions::IntentionSet,
+    set: &crate::intentions::IntentionSet,
     src: &(String, String),
     dst: &(String, String),
 ) -> Option<Intention> {

@@ -92,8 +92,8 @@ impl AppState {
 
     /// The authorize decision when no intention matches: Consul resolves the anonymous
     /// token, so it follows the ACL default policy (or allows when ACLs are off).
-    pub fn default_decision(&self) -> consul_connect::intentions::DefaultDecision {
-        use consul_connect::intentions::DefaultDecision;
+    pub fn default_decision(&self) -> consul_connect_types::intentions::DefaultDecision {
+        use consul_connect_types::intentions::DefaultDecision;
         let acl = &self.store.settings().acl;
         match (acl.enabled, acl.default_policy) {
             (false, _) => DefaultDecision::AclsDisabled,
@@ -405,7 +405,7 @@ impl Query {
         let wait = match self.get("wait") {
             None => None,
             Some(w) => Some(
-                crate::duration::parse(w)
+                consul_connect_types::go::parse_duration(w)
                     .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?,
             ),
         };

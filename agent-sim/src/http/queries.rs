@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use consul_connect::api::{PreparedQuery, PreparedQueryResult};
+use consul_connect_types::api::{PreparedQuery, PreparedQueryResult};
 use serde_json::json;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use consul_connect::http::PollAgain;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use poll_again::PollAgain;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_service::Service;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use consul_connect::api::{AclPolicy, AclPolicyLink, AclToken};
+use consul_connect_types::api::{AclPolicy, AclPolicyLink, AclToken};
 use time::OffsetDateTime;
 
 use crate::acl_rules::{Authorizer, DefaultPolicy, Policy};

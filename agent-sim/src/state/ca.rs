@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_connect::api::{CaConfiguration, CaRoot, CaRootList};
-use consul_connect::spiffe::TrustDomain;
+use consul_connect_types::api::{CaConfiguration, CaRoot, CaRootList};
+use consul_connect_types::spiffe::TrustDomain;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -112,7 +112,10 @@ impl CaState {
             ("RotationPeriod".to_owned(), Value::from("2160h")),
         ]);
         if let Some(ttl) = settings.leaf_cert_ttl {
-            config.insert("LeafCertTTL".into(), Value::from(format_duration(ttl)));
+            config.insert(
+                "LeafCertTTL".into(),
+                Value::from(consul_connect_types::go::format_duration_short(ttl)),
+            );
         }
         if let Some(pem) = &settings.private_key {
             config.insert("PrivateKey".into(), Value::from(pem.clone()));
@@ -217,7 +220,7 @@ impl CaState {
             .config
             .get("LeafCertTTL")
             .and_then(Value::as_str)
-            .and_then(|s| crate::duration::parse(s).ok())
+            .and_then(|s| consul_connect_types::go::parse_duration(s).ok())
             .unwrap_or(DEFAULT_LEAF_CERT_TTL)
     }
 
@@ -328,7 +331,7 @@ fn validate_config(config: &BTreeMap<String, Value>) -> Result<(), CaConfigError
                 "error decoding config: LeafCertTTL: {ttl} is not a duration"
             ))
         })?;
-        let ttl = crate::duration::parse(text)
+        let ttl = consul_connect_types::go::parse_duration(text)
             .map_err(|e| CaConfigError::Configure(format!("error decoding config: {e}")))?;
         if ttl < Duration::from_secs(3600) {
             return Err(CaConfigError::Configure(
@@ -363,15 +366,5 @@ fn ca_root(
         active: true,
         create_index: index,
         modify_index: index,
-    }
-}
-
-/// Formats a duration the short way Consul's config shows it (`72h`, `90m`, `45s`).
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }

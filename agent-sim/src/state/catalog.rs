@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use consul_connect::api::{
+use consul_connect_types::api::{
     AgentService, CatalogService, CheckDefinition, HealthCheck, Meta, Node, NodeService,
     ProxyConfig, ServiceConnect, ServiceEntry, ServiceRegistration, Weights,
 };
@@ -515,7 +515,7 @@ impl Catalog {
             service_meta: Some(s.reg.meta.clone().unwrap_or_default()),
             service_port: s.reg.port,
             service_enable_tag_override: s.reg.enable_tag_override,
-            service_proxy_destination: String::new(),
+            service_proxy_destination: Some(String::new()),
             service_proxy: s.reg.proxy.clone().unwrap_or_default(),
             service_connect: connect_view(&s.reg),
             create_index: s.create_index,
@@ -621,9 +621,11 @@ fn checks_for(
             let ttl = if def.ttl.is_empty() {
                 None
             } else {
-                Some(crate::duration::parse(&def.ttl).map_err(|e| {
-                    CatalogError::BadRequest(format!("Invalid check TTL {:?}: {e}", def.ttl))
-                })?)
+                Some(
+                    consul_connect_types::go::parse_duration(&def.ttl).map_err(|e| {
+                        CatalogError::BadRequest(format!("Invalid check TTL {:?}: {e}", def.ttl))
+                    })?,
+                )
             };
             if ttl.is_none() && def.http.is_empty() && def.tcp.is_empty() {
                 return Err(CatalogError::BadRequest(
@@ -711,7 +713,7 @@ fn node_service(s: &ServiceInstance) -> NodeService {
         port: s.reg.port,
         weights: s.reg.weights.unwrap_or_default(),
         enable_tag_override: s.reg.enable_tag_override,
-        proxy_destination: String::new(),
+        proxy_destination: Some(String::new()),
         proxy: s.reg.proxy.clone().unwrap_or_default(),
         connect: connect_view(&s.reg),
         create_index: s.create_index,

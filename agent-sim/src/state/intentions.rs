@@ -1,7 +1,8 @@
 //! The intentions table: Consul's server-side rules for creating, updating and deleting.
 
-use consul_connect::api::{Intention, Meta};
-use consul_connect::intentions::{fill_defaults, precedence, validate, IntentionSet};
+use crate::intentions::{fill_defaults, validate, IntentionSet};
+use consul_connect_types::api::{Intention, Meta};
+use consul_connect_types::intentions::precedence;
 use time::OffsetDateTime;
 
 /// Why an intention write was refused; Consul answers all of these with 500 and this text.

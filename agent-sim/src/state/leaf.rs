@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_connect::api::{serial_hex, LeafCert};
-use consul_connect::spiffe::ServiceId;
+use consul_connect_types::api::{serial_hex, LeafCert};
+use consul_connect_types::spiffe::ServiceId;
 use rand::Rng;
 use time::OffsetDateTime;
 

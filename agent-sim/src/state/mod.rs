@@ -180,7 +180,7 @@ impl Inner {
     /// rotated.
     pub fn set_ca_config(
         &mut self,
-        config: consul_connect::api::CaConfiguration,
+        config: consul_connect_types::api::CaConfiguration,
         now: time::OffsetDateTime,
     ) -> Result<bool, ca::CaConfigError> {
         let index = &mut self.index;
@@ -208,7 +208,7 @@ pub struct Store {
     /// Where acknowledged writes are kept, with `--data-dir`.
     data_dir: Option<persist::DataDir>,
     /// Fixed at bootstrap (the cluster ID never changes), so readable without the lock.
-    trust_domain: consul_connect::spiffe::TrustDomain,
+    trust_domain: consul_connect_types::spiffe::TrustDomain,
 }
 
 /// How long a blocking query may wait.
@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// The trust domain, `<cluster-id>.consul`.
-    pub fn trust_domain(&self) -> &consul_connect::spiffe::TrustDomain {
+    pub fn trust_domain(&self) -> &consul_connect_types::spiffe::TrustDomain {
         &self.trust_domain
     }
 

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use consul_connect::api::{
+use consul_connect_types::api::{
     AclPolicy, AclToken, CaConfiguration, CaRoot, Intention, PreparedQuery, ServiceRegistration,
 };
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use consul_connect::api::PreparedQuery;
+use consul_connect_types::api::PreparedQuery;
 
 /// Why a prepared query write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,256 @@
+//! Consul's intention rules that both ends need, as plain functions over values: precedence,
+//! evaluation order, `Intention.String()`, and the authorize decision.
+//!
+//! The SDK's local authorizer watches `/v1/connect/intentions/match?by=destination` and decides
+//! inside the TLS handshake with [`decide_matches`]; agent-sim's indexed intention set answers
+//! `/v1/agent/connect/authorize` through the same function, so there is one decision rule.
+//! Validation and indexing are the server's and live in agent-sim.
+//!
+//! The rules, from Consul's `agent/structs/intention.go`, `agent/consul/state/intention.go` and
+//! `agent/agent_endpoint.go`:
+//! - the first intention whose *source* matches the client decides, and that comparison is
+//!   exact and case-sensitive (`*` or equal namespace, `*` or equal service); the client's trust
+//!   domain and datacenter play no part;
+//! - with no match, the ACL default decides.
+//!
+//! ```
+//! use consul_connect_types::api::Intention;
+//! use consul_connect_types::intentions::{decide_matches, DefaultDecision};
+//! use consul_connect_types::spiffe::ServiceId;
+//!
+//! let matches: Vec<Intention> = serde_json::from_str(r#"[
+//!   {"ID":"5887dc37-28b6-ab1e-5d8b-e5fa4499b42d","SourceNS":"default","SourceName":"web",
+//!    "DestinationNS":"default","DestinationName":"db","SourceType":"consul","Action":"deny",
+//!    "Precedence":9}
+//! ]"#)?;
+//! let web: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/web".parse()?;
+//! let decision = decide_matches(&matches, &web, DefaultDecision::AclsDisabled);
+//! assert!(!decision.allowed);
+//! assert_eq!(
+//!     decision.reason,
+//!     "Matched intention: DENY default/web => default/db \
+//!      (ID: 5887dc37-28b6-ab1e-5d8b-e5fa4499b42d, Precedence: 9)"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use crate::api::Intention;
+use crate::spiffe::ServiceId;
+
+/// The wildcard value of a namespace or name.
+pub const WILDCARD: &str = "*";
+/// The namespace the server fills in when one is left empty (the only one in Consul OSS 1.4).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The only `SourceType` Consul 1.4 knows.
+pub const SOURCE_TYPE_CONSUL: &str = "consul";
+
+/// Reason when no intention matched and ACLs are disabled (the connection is allowed).
+pub const REASON_ACLS_DISABLED: &str = "ACLs disabled, access is allowed by default";
+/// Reason when no intention matched and the ACL default policy decided.
+pub const REASON_ACL_DEFAULT: &str = "Default behavior configured by ACLs";
+/// Prefix of the reason when an intention decided; the intention's [`Display`](fmt::Display)
+/// form follows.
+pub const REASON_MATCHED_PREFIX: &str = "Matched intention: ";
+
+// ---------------------------------------------------------------------------------------------
+// Precedence, order, display
+// ---------------------------------------------------------------------------------------------
+
+/// An intention's precedence (9 highest, 1 lowest), computed from the shape of its names:
+///
+/// | Destination \ Source | ns/name | ns/`*` | `*`/`*` |
+/// |---|---|---|---|
+/// | ns/name | 9 | 8 | 7 |
+/// | ns/`*`  | 6 | 5 | 4 |
+/// | `*`/`*` | 3 | 2 | 1 |
+///
+/// ```
+/// use consul_connect_types::api::Intention;
+/// use consul_connect_types::intentions::precedence;
+///
+/// let ixn: Intention = serde_json::from_str(
+///     r#"{"SourceNS":"default","SourceName":"*","DestinationNS":"default","DestinationName":"db"}"#,
+/// )?;
+/// assert_eq!(precedence(&ixn), 8);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn precedence(ixn: &Intention) -> i32 {
+    let max = match exact_count(&ixn.destination_ns, &ixn.destination_name) {
+        2 => 9,
+        1 => 6,
+        _ => 3,
+    };
+    max - (2 - exact_count(&ixn.source_ns, &ixn.source_name))
+}
+
+/// How many of (namespace, name) are exact: a wildcard namespace implies a wildcard name.
+fn exact_count(ns: &str, name: &str) -> i32 {
+    if ns == WILDCARD {
+        0
+    } else if name == WILDCARD {
+        1
+    } else {
+        2
+    }
+}
+
+/// Consul's evaluation order: `Precedence` descending, then `SourceNS`, `SourceName`,
+/// `DestinationNS`, `DestinationName` ascending by bytes. The stored `Precedence` field is used,
+/// as Consul does (a server recomputes it on every write). The `ID` breaks
+/// the remaining ties so the order is total; Consul's uniqueness rule means it never has to.
+pub fn compare_precedence(a: &Intention, b: &Intention) -> Ordering {
+    b.precedence
+        .cmp(&a.precedence)
+        .then_with(|| a.source_ns.cmp(&b.source_ns))
+        .then_with(|| a.source_name.cmp(&b.source_name))
+        .then_with(|| a.destination_ns.cmp(&b.destination_ns))
+        .then_with(|| a.destination_name.cmp(&b.destination_name))
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+/// Sorts intentions in evaluation order ([`compare_precedence`]).
+pub fn sort_by_precedence(ixns: &mut [Intention]) {
+    ixns.sort_by(compare_precedence);
+}
+
+/// Consul's `Intention.String()`:
+/// `DENY default/web => default/db (ID: <id>, Precedence: 9)`, action uppercased, with the
+/// stored precedence. Authorize reasons and the duplicate error embed it.
+impl fmt::Display for Intention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}/{} => {}/{} (ID: {}, Precedence: {})",
+            self.action.to_uppercase(),
+            self.source_ns,
+            self.source_name,
+            self.destination_ns,
+            self.destination_name,
+            self.id,
+            self.precedence
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decision
+// ---------------------------------------------------------------------------------------------
+
+/// What happens when no intention matches: Consul resolves the anonymous token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DefaultDecision {
+    /// ACLs are off: allow, [`REASON_ACLS_DISABLED`].
+    AclsDisabled,
+    /// ACLs on with `default_policy = "allow"`: allow, [`REASON_ACL_DEFAULT`].
+    AclDefaultAllow,
+    /// ACLs on with `default_policy = "deny"`: deny, [`REASON_ACL_DEFAULT`].
+    AclDefaultDeny,
+}
+
+impl DefaultDecision {
+    /// Whether the default lets a connection through.
+    pub fn allowed(self) -> bool {
+        !matches!(self, DefaultDecision::AclDefaultDeny)
+    }
+
+    /// Consul's reason text for the default.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DefaultDecision::AclsDisabled => REASON_ACLS_DISABLED,
+            DefaultDecision::AclDefaultAllow | DefaultDecision::AclDefaultDeny => {
+                REASON_ACL_DEFAULT
+            }
+        }
+    }
+}
+
+/// The outcome of authorizing one client for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Whether the connection may proceed (`Authorized`).
+    pub allowed: bool,
+    /// Consul's `Reason`: `Matched intention: <String()>` or the default's text. Plain text; a
+    /// Go JSON encoder writes its `=>` as `=\u003e`.
+    pub reason: String,
+    /// The ID of the intention that decided, if one did.
+    pub matched: Option<String>,
+    /// How many intentions were compared with the client before deciding: at most the size of
+    /// the destination's three buckets, whatever the total number of intentions.
+    pub examined: usize,
+}
+
+/// Decides over the intentions matching a destination, already in evaluation order (as
+/// `/v1/connect/intentions/match?by=destination` returns them): the first whose source matches
+/// the client decides; otherwise `default` does.
+///
+/// Takes anything that iterates `&Intention`: `&[Intention]`, `&Vec<Intention>`,
+/// `Vec<&Intention>`.
+///
+/// ```
+/// use consul_connect_types::api::Intention;
+/// use consul_connect_types::intentions::{decide_matches, DefaultDecision};
+/// use consul_connect_types::spiffe::ServiceId;
+///
+/// let matches: Vec<Intention> = serde_json::from_str(r#"[
+///   {"ID":"a","SourceNS":"default","SourceName":"web","DestinationNS":"default",
+///    "DestinationName":"db","SourceType":"consul","Action":"allow","Precedence":9}
+/// ]"#)?;
+/// let api: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/api".parse()?;
+/// let d = decide_matches(&matches, &api, DefaultDecision::AclDefaultDeny);
+/// assert!(!d.allowed);
+/// assert_eq!(d.reason, "Default behavior configured by ACLs");
+/// assert_eq!(d.matched, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn decide_matches<'a, I>(matches: I, source: &ServiceId, default: DefaultDecision) -> Decision
+where
+    I: IntoIterator<Item = &'a Intention>,
+{
+    decide_matches_by_name(matches, source.namespace(), source.service(), default)
+}
+
+/// [`decide_matches`] for a source given by namespace and name, as
+/// `/v1/connect/intentions/check` gives it.
+pub fn decide_matches_by_name<'a, I>(
+    matches: I,
+    source_ns: &str,
+    source_name: &str,
+    default: DefaultDecision,
+) -> Decision
+where
+    I: IntoIterator<Item = &'a Intention>,
+{
+    let mut examined = 0;
+    for ixn in matches {
+        examined += 1;
+        if source_matches(ixn, source_ns, source_name) {
+            return Decision {
+                // Go compares with IntentionActionAllow: anything else denies.
+                allowed: ixn.action == "allow",
+                reason: format!("{REASON_MATCHED_PREFIX}{ixn}"),
+                matched: Some(ixn.id.clone()),
+                examined,
+            };
+        }
+    }
+    Decision {
+        allowed: default.allowed(),
+        reason: default.reason().to_owned(),
+        matched: None,
+        examined,
+    }
+}
+
+/// Whether an intention's source covers a client: `SourceNS` is `*` or equals the namespace,
+/// and `SourceName` is `*` or equals the service, compared exactly (case-sensitive).
+pub fn source_matches(ixn: &Intention, source_ns: &str, source_name: &str) -> bool {
+    (ixn.source_ns == WILDCARD || ixn.source_ns == source_ns)
+        && (ixn.source_name == WILDCARD || ixn.source_name == source_name)
+}
+
+#[cfg(test)]
+mod tests;
