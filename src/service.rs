@@ -515,7 +515,15 @@ impl Shared {
     }
 
     fn install(&self, fetched: &mut Fetched, material: Material, root_ids: Vec<String>) {
+        fetched.trusted_roots = root_ids;
         if let Some(previous) = self.cell.load() {
+            // A watch re-reads without blocking after an error and reports what it got even
+            // when nothing changed: republishing that would log, count and wake every
+            // `material_updates` receiver for nothing.
+            if same_material(&previous, &material) {
+                tracing::debug!(service = %self.name, serial = %material.serial(), "Connect material unchanged");
+                return;
+            }
             if previous.serial() != material.serial() {
                 telemetry::rotation(&self.name, "leaf");
             }
@@ -525,7 +533,6 @@ impl Shared {
         }
         telemetry::leaf_expiry(&self.name, material.not_after());
         tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
-        fetched.trusted_roots = root_ids;
         self.cell.store(material);
         self.ready.send_replace(true);
         self.generation.send_modify(|g| *g += 1);
@@ -541,4 +548,12 @@ impl Shared {
             at: SystemTime::now(),
         });
     }
+}
+
+/// Whether `a` and `b` present the same leaf chain and trust the same roots and trust domains
+/// (the key follows from the leaf: `Material` only holds a key that matches its leaf).
+fn same_material(a: &Material, b: &Material) -> bool {
+    a.leaf_chain() == b.leaf_chain()
+        && a.root_certs() == b.root_certs()
+        && a.trust_domains() == b.trust_domains()
 }

@@ -134,6 +134,8 @@ pub struct Endpoint {
 
 struct EndpointState {
     current: Reply,
+    /// When set, what blocking reads (`?index=` given) get instead of `current`.
+    blocking: Option<Reply>,
     queued: VecDeque<Reply>,
     hits: Vec<Hit>,
 }
@@ -143,6 +145,7 @@ impl Endpoint {
         Self {
             state: Arc::new(Mutex::new(EndpointState {
                 current: reply,
+                blocking: None,
                 queued: VecDeque::new(),
                 hits: Vec::new(),
             })),
@@ -158,6 +161,13 @@ impl Endpoint {
         let mut state = self.lock();
         state.queued.clear();
         state.current = reply;
+    }
+
+    /// Answer `reply` to blocking reads (`?index=` given) from now on, while non-blocking
+    /// reads keep getting what [`Endpoint::set`] said, as an agent whose servers fail but
+    /// whose cache still answers (`None` ends it).
+    pub fn set_blocking(&self, reply: Option<Reply>) {
+        self.lock().blocking = reply;
     }
 
     /// Answer `reply` to the next request only, then carry on as before.
@@ -187,9 +197,10 @@ impl Respond for Endpoint {
             .find(|(k, _)| k == "index")
             .and_then(|(_, v)| v.parse().ok());
         let mut state = self.lock();
-        let reply = match state.queued.pop_front() {
-            Some(reply) => reply,
-            None => state.current.clone(),
+        let reply = match (state.queued.pop_front(), &state.blocking) {
+            (Some(reply), _) => reply,
+            (None, Some(blocking)) if index.is_some() => blocking.clone(),
+            (None, _) => state.current.clone(),
         };
         state.hits.push(Hit {
             at: Instant::now(),
@@ -425,5 +436,68 @@ impl rustls::client::danger::ServerCertVerifier for RecordServer {
         rustls::crypto::aws_lc_rs::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// A TCP relay in front of an agent that counts the client connections it holds open, so a
+/// test can see when the SDK closes its pooled connections.
+pub struct ConnectionCounter {
+    addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionCounter {
+    /// Relays connections on an ephemeral loopback port to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, a) = (open.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            accepted,
+            task,
+        }
+    }
+
+    /// The relay's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Client connections accepted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Client connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionCounter {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
