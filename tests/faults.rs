@@ -26,7 +26,7 @@ use support::certs::{LeafSpec, TestCa};
 use support::faults::{
     assert_material_verifies, capture, eventually, leaf_json, max_requests_while_failing,
     max_requests_while_polling, min_backoff, presented_serial, watch_config, Captured,
-    ConnectionCounter, Endpoint, MockAgent, Reply, ROOTS_PATH,
+    ConnectionCounter, Endpoint, LeafStallProxy, MockAgent, Reply, ROOTS_PATH,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -257,6 +257,62 @@ async fn idle_agent_connections_are_closed_after_the_idle_timeout() {
     client.roots(&opts).await.unwrap();
     assert_eq!(relay.accepted(), opened + 1);
     drop(client);
+    agent.shutdown().await;
+}
+
+/// Consul 1.10-1.11 (hashicorp/consul#12048): a short-lived process that exits with a blocking
+/// leaf query pending makes the next process's non-blocking leaf read wait for that query's
+/// whole `wait` (issue #16 saw a 6 min 53 s stall). The SDK bounds the read and retries it as a
+/// blocking read, so the second process is ready promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_query_abandoned_by_a_previous_process_does_not_stall_the_next() {
+    let agent = support::agent::start_agent().await;
+    let proxy = LeafStallProxy::start(agent.addr()).await;
+    let client = AgentClient::new(&proxy.addr().to_string()).unwrap();
+    let long_wait = consul_connect::agent::WatchConfig {
+        wait: Duration::from_secs(30),
+        ..watch_config()
+    };
+
+    // The first process: ready, its leaf watch parked in a blocking query, then gone.
+    let first = ConnectService::builder("web")
+        .agent(client.clone())
+        .watch_config(long_wait.clone())
+        .build()
+        .await
+        .unwrap();
+    first.ready_timeout(READY).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the leaf watch's blocking query",
+        || proxy.blocking_query_seen(),
+    )
+    .await;
+    first.shutdown();
+    drop(first);
+
+    // The next process, with a leaf read bound well under the abandoned query's wait.
+    let started = Instant::now();
+    let second = ConnectService::builder("web")
+        .agent(client.clone())
+        .watch_config(long_wait)
+        .leaf_first_read_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    second
+        .ready_timeout(Duration::from_secs(5))
+        .await
+        .expect("ready promptly despite the stalled leaf read");
+    let took = started.elapsed();
+    let held = proxy.held();
+    assert!(
+        !held.is_empty() && held[0] > Duration::from_secs(20),
+        "the proxy reproduced the stall: {held:?}"
+    );
+    assert!(took < Duration::from_secs(5), "ready after {took:?}");
+    assert_material_verifies(&second);
+    second.shutdown();
     agent.shutdown().await;
 }
 

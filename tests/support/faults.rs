@@ -501,3 +501,133 @@ impl Drop for ConnectionCounter {
         self.task.abort();
     }
 }
+
+/// An HTTP proxy in front of agent-sim that reproduces Consul 1.10-1.11's leaf cache stall
+/// (hashicorp/consul#12048): a blocking leaf query keeps the agent's fetch for that service
+/// running until its `wait` ends, even after its client has gone, and a non-blocking leaf
+/// read for the service is held until then. Everything else is forwarded as is.
+pub struct LeafStallProxy {
+    addr: std::net::SocketAddr,
+    state: Arc<Mutex<StallState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct StallState {
+    /// Per leaf path: until when a blocking query's fetch runs.
+    pending_until: std::collections::HashMap<String, Instant>,
+    /// Non-blocking leaf reads held, and for how long.
+    held: Vec<Duration>,
+}
+
+impl LeafStallProxy {
+    /// Proxies to `upstream` on an ephemeral loopback port.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state: Arc<Mutex<StallState>> = Arc::default();
+        let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let state = shared.clone();
+                let client = client.clone();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    stall_then_forward(req, state.clone(), client.clone(), upstream)
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Whether a blocking leaf query has been seen.
+    pub fn blocking_query_seen(&self) -> bool {
+        !self.state.lock().unwrap().pending_until.is_empty()
+    }
+
+    /// How long each held non-blocking leaf read was held.
+    pub fn held(&self) -> Vec<Duration> {
+        self.state.lock().unwrap().held.clone()
+    }
+}
+
+impl Drop for LeafStallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// [`LeafStallProxy`]'s handler: records blocking leaf queries, holds non-blocking leaf reads
+/// while one is pending, then forwards the request to `upstream`.
+async fn stall_then_forward(
+    req: http::Request<hyper::body::Incoming>,
+    state: Arc<Mutex<StallState>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    upstream: std::net::SocketAddr,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, BoxError> {
+    use http_body_util::{BodyExt, Full};
+    let path = req.uri().path().to_owned();
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if path.starts_with("/v1/agent/connect/ca/leaf/") {
+        if param("index").is_some() {
+            let wait = param("wait")
+                .and_then(|w| w.trim_end_matches("ms").parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(300));
+            let until = Instant::now() + wait;
+            let mut s = state.lock().unwrap();
+            let entry = s.pending_until.entry(path.clone()).or_insert(until);
+            *entry = (*entry).max(until);
+        } else {
+            let until = state.lock().unwrap().pending_until.get(&path).copied();
+            if let Some(until) = until.filter(|u| *u > Instant::now()) {
+                state.lock().unwrap().held.push(until - Instant::now());
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut forward = http::Request::builder()
+        .method(parts.method)
+        .uri(format!("http://{upstream}{target}"));
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let resp = client.request(forward.body(Full::new(body))?).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(http::Response::from_parts(parts, Full::new(body)))
+}
