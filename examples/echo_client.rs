@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use consul_connect::dialer::ServerRefusal;
 use consul_connect::{CatalogResolver, ConnectService, Resolver, StaticResolver};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -56,13 +57,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         write.write_all(format!("{line}\n").as_bytes()).await?;
         match answers.next_line().await {
             Ok(Some(answer)) => println!("{answer}"),
-            Ok(None) => return Err(refused(&args.upstream).into()),
-            Err(e) => return Err(format!("{}: {e}", refused(&args.upstream)).into()),
+            Ok(None) => return Err(closed(&args.upstream).into()),
+            Err(e) => {
+                return Err(match ServerRefusal::from_io(&e) {
+                    Some(why) => format!("{} refused this service: {why}", args.upstream),
+                    None => format!("{}: {e}", closed(&args.upstream)),
+                }
+                .into())
+            }
         }
     }
     Ok(())
 }
 
-fn refused(upstream: &str) -> String {
-    format!("{upstream} closed the connection without answering: refused by the server (denied by an intention?)")
+fn closed(upstream: &str) -> String {
+    format!("{upstream} closed the connection without answering")
 }

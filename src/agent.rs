@@ -22,7 +22,7 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,6 +37,9 @@ use crate::api::{
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8500";
 /// Time allowed for a non-blocking request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled connection to the agent may stay idle before it is closed (as Go's
+/// `cleanhttp` pooled transport, which Consul's `api` package uses).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What went wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +168,7 @@ struct ClientInner {
     /// `http://host:port`
     base: String,
     token: Option<Token>,
+    idle_timeout: Duration,
 }
 
 impl fmt::Debug for AgentClient {
@@ -172,6 +176,7 @@ impl fmt::Debug for AgentClient {
         f.debug_struct("AgentClient")
             .field("addr", &self.inner.base)
             .field("token", &self.inner.token)
+            .field("idle_timeout", &self.inner.idle_timeout)
             .finish()
     }
 }
@@ -218,17 +223,12 @@ impl AgentClient {
         if base.parse::<http::Uri>().is_err() {
             return Err(invalid("expected host:port"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Ok(Self {
             inner: Arc::new(ClientInner {
-                http,
+                http: pooled_client(DEFAULT_IDLE_TIMEOUT),
                 base,
                 token: None,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             }),
         })
     }
@@ -240,8 +240,35 @@ impl AgentClient {
                 http: self.inner.http.clone(),
                 base: self.inner.base.clone(),
                 token: Some(token),
+                idle_timeout: self.inner.idle_timeout,
             }),
         }
+    }
+
+    /// The same agent, closing pooled connections that stay idle for `idle` (default
+    /// [`DEFAULT_IDLE_TIMEOUT`]). The returned client has a pool of its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let agent = consul_connect::agent::AgentClient::new("127.0.0.1:8500")?
+    ///     .with_idle_timeout(Duration::from_secs(15));
+    /// assert_eq!(agent.idle_timeout(), Duration::from_secs(15));
+    /// # Ok::<(), consul_connect::agent::AgentError>(())
+    /// ```
+    pub fn with_idle_timeout(self, idle: Duration) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                http: pooled_client(idle),
+                base: self.inner.base.clone(),
+                token: self.inner.token.clone(),
+                idle_timeout: idle,
+            }),
+        }
+    }
+
+    /// How long a pooled connection to the agent may stay idle before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.idle_timeout
     }
 
     /// The agent's `host:port`.
@@ -493,6 +520,19 @@ impl AgentClient {
     }
 }
 
+/// The pooled HTTP client to the agent. hyper-util's pool only expires idle connections when
+/// it has a timer: without `pool_timer`, `pool_idle_timeout` is silently ignored and every
+/// connection stays open for the client's life.
+fn pooled_client(idle: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
+        .build(connector)
+}
+
 fn json_bytes<B: Serialize>(body: Option<&B>) -> Bytes {
     // Serializing our own wire types cannot fail (string keys, no non-finite floats).
     body.and_then(|b| serde_json::to_vec(b).ok())
@@ -625,6 +665,11 @@ pub enum WatchEvent<T> {
 /// reports each new value or error to `on_event`, backs off on errors, resets the index when it
 /// goes backwards (an agent restart), and keeps at least `min_interval` between requests. An
 /// endpoint that sends no index is polled every `poll_interval`, each answer reported.
+///
+/// After an error the next read does not block and its answer is reported even at an unchanged
+/// index (receivers must ignore a value equal to the one they hold). The back-off only resets
+/// once a blocking read succeeds: a cached non-blocking answer does not prove the agent can
+/// serve blocking queries again.
 pub async fn run_watch<T, F, Fut>(
     config: WatchConfig,
     mut stop: watch::Receiver<bool>,
@@ -646,13 +691,21 @@ pub async fn run_watch<T, F, Fut>(
             wait: Some(config.wait),
             datacenter: None,
         };
+        let blocking = opts.index > 0;
         let result = tokio::select! {
             r = fetch(opts) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let pause = match result {
             Ok(got) => {
-                errors = 0;
+                // Only a blocking read proves the agent healthy again. A non-blocking read
+                // after an error may be answered from the agent's cache while its servers
+                // still fail every blocking read (a dead Raft leader): resetting on it would
+                // keep the back-off at its first step and storm the agent. An endpoint that
+                // sends no index never blocks, so any answer from it counts.
+                if blocking || got.index == 0 {
+                    errors = 0;
+                }
                 let changed = got.index != index || index == 0;
                 // An index that goes backwards means the agent's state was reset: start over.
                 index = if got.index < index {
@@ -674,7 +727,8 @@ pub async fn run_watch<T, F, Fut>(
                 errors = errors.saturating_add(1);
                 // Start over after a failure: the next answer is read without blocking and
                 // always reported, so an agent that came back with a new CA at the same index
-                // is noticed.
+                // is noticed (the receiver drops an unchanged value). The error count stays
+                // until a blocking read succeeds, so the back-off keeps growing meanwhile.
                 index = 0;
                 on_event(WatchEvent::Error(e));
                 config.backoff(errors)

@@ -31,9 +31,68 @@ pub enum AttemptError {
     /// The server failed a check (wrong service, untrusted chain...).
     #[error("server rejected: {0}")]
     Verify(VerifyError),
-    /// The handshake failed otherwise (the server refused us, e.g. denied by intention).
+    /// The server refused us during the handshake (TLS 1.2; with TLS 1.3 the refusal
+    /// arrives after it, on the first read: see [`ServerRefusal::from_io`]).
+    #[error("refused by the server: {0}")]
+    Refused(ServerRefusal),
+    /// The handshake failed otherwise.
     #[error("TLS handshake: {0}")]
     Handshake(std::io::Error),
+}
+
+/// Why a Connect server refused this service, as its TLS alert says. Distinct from a server
+/// that failed our checks ([`AttemptError::Verify`]: bad chain, wrong identity).
+///
+/// With TLS 1.3 the server decides after our side of the handshake is done, so the refusal
+/// surfaces on the stream's first read (or write) as an I/O error;
+/// [`ServerRefusal::from_io`] reads it back:
+///
+/// ```no_run
+/// # async fn run(web: consul_connect::ConnectService) -> Result<(), Box<dyn std::error::Error>> {
+/// use consul_connect::dialer::ServerRefusal;
+/// use tokio::io::AsyncReadExt;
+///
+/// let mut stream = web.dialer().dial_service("db").await?;
+/// let mut buf = [0u8; 1];
+/// if let Err(e) = stream.read(&mut buf).await {
+///     match ServerRefusal::from_io(&e) {
+///         Some(ServerRefusal::Denied) => eprintln!("db denies web (intention)"),
+///         Some(ServerRefusal::AuthorizationUnavailable) => eprintln!("db could not authorize us"),
+///         _ => eprintln!("connection failed: {e}"),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerRefusal {
+    /// `access_denied`: an intention (or the default policy) denies this service.
+    #[error("denied by an intention (TLS alert access_denied)")]
+    Denied,
+    /// `internal_error`: the server could not decide (its authorization source, such as its
+    /// local Consul agent, failed) and refused us to stay closed.
+    #[error("the server could not authorize this connection (TLS alert internal_error)")]
+    AuthorizationUnavailable,
+}
+
+impl ServerRefusal {
+    /// The refusal a rustls error reports, if it is one.
+    pub fn from_rustls(err: &rustls::Error) -> Option<Self> {
+        match err {
+            rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied) => {
+                Some(ServerRefusal::Denied)
+            }
+            rustls::Error::AlertReceived(rustls::AlertDescription::InternalError) => {
+                Some(ServerRefusal::AuthorizationUnavailable)
+            }
+            _ => None,
+        }
+    }
+
+    /// The refusal behind an I/O error of a Connect stream or handshake, if it is one.
+    pub fn from_io(err: &std::io::Error) -> Option<Self> {
+        Self::from_rustls(err.get_ref()?.downcast_ref::<rustls::Error>()?)
+    }
 }
 
 /// Why a dial failed.
@@ -191,13 +250,20 @@ impl ConnectDialer {
         let connect = TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp);
         let result = tracing::Instrument::instrument(connect, span)
             .await
-            .map_err(|e| match VerifyError::from_io(&e) {
-                Some(v) => AttemptError::Verify(v),
-                None => AttemptError::Handshake(e),
+            .map_err(|e| {
+                if let Some(v) = VerifyError::from_io(&e) {
+                    AttemptError::Verify(v)
+                } else if let Some(r) = ServerRefusal::from_io(&e) {
+                    AttemptError::Refused(r)
+                } else {
+                    AttemptError::Handshake(e)
+                }
             });
         let outcome = match &result {
             Ok(_) => Ok(()),
             Err(AttemptError::Verify(v)) => Err(v.kind()),
+            Err(AttemptError::Refused(ServerRefusal::Denied)) => Err("denied"),
+            Err(AttemptError::Refused(_)) => Err("authz_unavailable"),
             Err(_) => Err("tls"),
         };
         telemetry::handshake(self.service.name(), "client", outcome);

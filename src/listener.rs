@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::VecDeque;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -19,7 +18,8 @@ use crate::authz::{Authorizer, AuthzError};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 use crate::telemetry;
-use crate::tls::{peer_identity, VerifyError};
+use crate::tls::{peer_identity, recording_refusals, refuse_after_handshake, VerifyError};
+use rustls::AlertDescription;
 
 /// A server-side Connect stream.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -285,11 +285,14 @@ async fn accept_loop(
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_else(|| "unknown".into());
-            tracing::info!(%remote, peer = %who, target = %ctx.target, %reason, "Connect client refused");
+            // With every cause: "cannot authorize ...: client error (Connect)" alone hides
+            // the agent's "Connection refused".
+            let reason_text = telemetry::error_chain(&reason);
+            tracing::info!(%remote, peer = %who, target = %ctx.target, reason = %reason_text, "Connect client refused");
             let _ = ctx.rejections.send(Rejection {
                 remote,
                 peer,
-                reason: reason.to_string(),
+                reason: reason_text,
             });
         });
     }
@@ -301,25 +304,39 @@ async fn handshake(
     tcp: TcpStream,
 ) -> Result<(ServerStream, ServiceId), (RejectReason, Option<ServiceId>)> {
     let _ = tcp.set_nodelay(true);
-    let stream = ctx.acceptor.accept(tcp).await.map_err(|e| {
-        let reason = match VerifyError::from_io(&e) {
-            Some(v) => RejectReason::Verify(v),
-            None => RejectReason::Handshake(e),
-        };
-        (reason, None)
-    })?;
+    let stream = recording_refusals(ctx.acceptor.accept(tcp))
+        .await
+        .map_err(|e| {
+            match VerifyError::from_io(&e) {
+                // Denied inside the handshake: the identity was verified first, so name it.
+                Some(VerifyError::Unauthorized { peer, reason }) => {
+                    let who = Some(peer.clone());
+                    (
+                        RejectReason::Verify(VerifyError::Unauthorized { peer, reason }),
+                        who,
+                    )
+                }
+                Some(v) => (RejectReason::Verify(v), None),
+                None => (RejectReason::Handshake(e), None),
+            }
+        })?;
     let peer = peer_identity(stream.get_ref().1).ok_or((RejectReason::NoIdentity, None))?;
     if ctx.authorize_after {
         let id = peer.service_id().clone();
-        let decision = ctx
+        let decision = match ctx
             .authorizer
             .authorize(&ctx.target, &id, peer.serial())
             .await
-            .map_err(|e| (RejectReason::Authz(e), Some(id.clone())))?;
+        {
+            Ok(decision) => decision,
+            Err(e) => {
+                // Fail closed, and tell the client it was not a deny.
+                refuse_after_handshake(stream, AlertDescription::InternalError).await;
+                return Err((RejectReason::Authz(e), Some(id)));
+            }
+        };
         if !decision.allowed {
-            // Close cleanly (close_notify) so the client sees an orderly refusal, not a reset.
-            let mut stream = stream;
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            refuse_after_handshake(stream, AlertDescription::AccessDenied).await;
             let denied = AuthzError::Denied {
                 peer: id.clone(),
                 target: ctx.target.clone(),

@@ -90,9 +90,26 @@ pub struct ConnectServiceBuilder {
     datacenter: Option<String>,
     authorizer: AuthorizerChoice,
     watch: WatchConfig,
+    leaf_first_read_timeout: Duration,
 }
 
+/// How long a non-blocking leaf read may take before it is retried as a short blocking read
+/// (see [`ConnectServiceBuilder::leaf_first_read_timeout`]).
+pub const DEFAULT_LEAF_FIRST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl ConnectServiceBuilder {
+    /// Bounds each non-blocking leaf read (the first one, and the one after an error); when it
+    /// runs out, the read is retried as a blocking read at index 1 with that same wait, which
+    /// an agent holding a leaf answers at once. Consul 1.10 and 1.11 hold a non-blocking leaf
+    /// read while a blocking leaf query for the service, even one whose client has gone, is
+    /// pending (hashicorp/consul#12048, fixed in 1.12): without the bound a restarted
+    /// service waits for its predecessor's abandoned query. Default
+    /// [`DEFAULT_LEAF_FIRST_READ_TIMEOUT`].
+    pub fn leaf_first_read_timeout(mut self, timeout: Duration) -> Self {
+        self.leaf_first_read_timeout = timeout;
+        self
+    }
+
     /// The agent to use (default: from `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN`).
     pub fn agent(mut self, agent: AgentClient) -> Self {
         self.agent = Some(agent);
@@ -183,7 +200,9 @@ impl ConnectServiceBuilder {
             generation: watch::channel(0).0,
             stop,
         });
-        shared.clone().spawn_watches(self.watch);
+        shared
+            .clone()
+            .spawn_watches(self.watch, self.leaf_first_read_timeout);
         Ok(ConnectService { shared })
     }
 }
@@ -266,6 +285,7 @@ impl ConnectService {
             datacenter: None,
             authorizer: AuthorizerChoice::Agent,
             watch: WatchConfig::default(),
+            leaf_first_read_timeout: DEFAULT_LEAF_FIRST_READ_TIMEOUT,
         }
     }
 
@@ -397,7 +417,7 @@ impl Shared {
 
     /// Starts the two watches. They hold only a weak reference, so dropping the service ends
     /// them.
-    fn spawn_watches(self: Arc<Self>, config: WatchConfig) {
+    fn spawn_watches(self: Arc<Self>, config: WatchConfig, leaf_first_read: Duration) {
         let weak = Arc::downgrade(&self);
         let agent = self.agent.clone();
         let stop = self.stop.subscribe();
@@ -425,7 +445,26 @@ impl Shared {
                 let agent = agent.clone();
                 let name = name.clone();
                 opts.datacenter = dc.clone();
-                async move { agent.leaf(&name, &opts).await }
+                async move {
+                    if opts.index > 0 {
+                        return agent.leaf(&name, &opts).await;
+                    }
+                    match tokio::time::timeout(leaf_first_read, agent.leaf(&name, &opts)).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            // Consul 1.10-1.11 (hashicorp/consul#12048): a non-blocking leaf
+                            // read waits for a pending blocking one, even an abandoned one.
+                            // A blocking read at index 1 is answered at once instead.
+                            tracing::warn!(service = %name, waited = ?leaf_first_read, "leaf read stalled (Consul 1.10-1.11 leaf cache, hashicorp/consul#12048); retrying as a blocking read");
+                            let retry = QueryOptions {
+                                index: 1,
+                                wait: Some(leaf_first_read),
+                                ..opts
+                            };
+                            agent.leaf(&name, &retry).await
+                        }
+                    }
+                }
             },
             move |event| {
                 if let Some(shared) = weak.upgrade() {
@@ -515,7 +554,15 @@ impl Shared {
     }
 
     fn install(&self, fetched: &mut Fetched, material: Material, root_ids: Vec<String>) {
+        fetched.trusted_roots = root_ids;
         if let Some(previous) = self.cell.load() {
+            // A watch re-reads without blocking after an error and reports what it got even
+            // when nothing changed: republishing that would log, count and wake every
+            // `material_updates` receiver for nothing.
+            if same_material(&previous, &material) {
+                tracing::debug!(service = %self.name, serial = %material.serial(), "Connect material unchanged");
+                return;
+            }
             if previous.serial() != material.serial() {
                 telemetry::rotation(&self.name, "leaf");
             }
@@ -525,7 +572,6 @@ impl Shared {
         }
         telemetry::leaf_expiry(&self.name, material.not_after());
         tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
-        fetched.trusted_roots = root_ids;
         self.cell.store(material);
         self.ready.send_replace(true);
         self.generation.send_modify(|g| *g += 1);
@@ -541,4 +587,12 @@ impl Shared {
             at: SystemTime::now(),
         });
     }
+}
+
+/// Whether `a` and `b` present the same leaf chain and trust the same roots and trust domains
+/// (the key follows from the leaf: `Material` only holds a key that matches its leaf).
+fn same_material(a: &Material, b: &Material) -> bool {
+    a.leaf_chain() == b.leaf_chain()
+        && a.root_certs() == b.root_certs()
+        && a.trust_domains() == b.trust_domains()
 }

@@ -62,3 +62,20 @@ pub(crate) fn authorization(service: &str, authorizer: &'static str, decision: &
 pub(crate) fn watch_error(service: &str, watch: &'static str) {
     metrics::counter!(WATCH_ERRORS, "service" => service.to_owned(), "watch" => watch).increment(1);
 }
+
+/// `err` with each underlying cause appended (`: cause`), skipping causes its message already
+/// shows, so a log line names the root cause ("Connection refused") that wrappers such as
+/// hyper's `client error (Connect)` hide.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !out.contains(&message) {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
+        source = cause.source();
+    }
+    out
+}

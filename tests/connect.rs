@@ -13,7 +13,7 @@ use agent_sim::Agent;
 use consul_connect::agent::{AgentClient, WatchConfig};
 use consul_connect::api::Intention;
 use consul_connect::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
-use consul_connect::dialer::{AttemptError, DialError};
+use consul_connect::dialer::{AttemptError, DialError, ServerRefusal};
 use consul_connect::intentions::DefaultDecision;
 use consul_connect::listener::Rejection;
 use consul_connect::tls::{peer_identity, VerifyError};
@@ -21,7 +21,7 @@ use consul_connect::{ConnectListener, ConnectService, StaticResolver};
 use rustls::pki_types::ServerName;
 use support::agent::{sdk_client, start_agent, Raw, TRUST_DOMAIN};
 use support::certs::{LeafSpec, TestCa};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::broadcast;
 
 const READY: Duration = Duration::from_secs(10);
@@ -124,6 +124,132 @@ async fn next_rejection(rejections: &mut broadcast::Receiver<Rejection>) -> Reje
         .await
         .expect("a rejection is reported")
         .unwrap()
+}
+
+/// Dials the `db` server at `addr` as `client`, writes, and returns how the server refused
+/// the connection: from the handshake (TLS 1.2) or from the first read after it (TLS 1.3).
+async fn refusal(client: &ConnectService, addr: SocketAddr) -> Result<ServerRefusal, String> {
+    let dialed = client
+        .dialer()
+        .dial(&StaticResolver::new(addr.to_string(), "db"))
+        .await;
+    let mut stream = match dialed {
+        Ok(stream) => stream,
+        Err(DialError::Failed { attempts, .. }) => {
+            return match &attempts[..] {
+                [(_, AttemptError::Refused(r))] => Ok(*r),
+                other => Err(format!("dial failed: {other:?}")),
+            }
+        }
+        Err(e) => return Err(format!("dial failed: {e}")),
+    };
+    let _ = stream.write_all(b"ping\n").await;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the server answers or refuses within 5 s")
+    {
+        Ok(n) => Err(format!("not refused: read {n} byte(s)")),
+        Err(e) => ServerRefusal::from_io(&e).ok_or_else(|| format!("not a refusal alert: {e:?}")),
+    }
+}
+
+/// Issue #16: with the server's agent down, the agent authorizer cannot decide. The server
+/// still refuses (fail closed) but says so with `internal_error`, the client does not take it
+/// for a deny, and the server's report names the root cause rather than hyper's
+/// "client error (Connect)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_agent_is_not_reported_as_a_deny() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let (addr, mut rejections) = echo_server(&db).await;
+    let mut conn = Conn::open(&web, addr, "db").await.unwrap();
+    assert!(
+        conn.ask("ping").await.is_some(),
+        "allowed while the agent is up"
+    );
+
+    agent.shutdown().await;
+    assert_eq!(
+        refusal(&web, addr).await,
+        Ok(ServerRefusal::AuthorizationUnavailable)
+    );
+    let rejection = next_rejection(&mut rejections).await;
+    assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
+    assert!(
+        rejection.reason.contains("cannot authorize")
+            && rejection
+                .reason
+                .to_lowercase()
+                .contains("connection refused"),
+        "the report names the cause: {}",
+        rejection.reason
+    );
+    // The open connection is not touched.
+    assert!(conn.ask("still there").await.is_some());
+}
+
+/// Issue #16: a deny is `access_denied` for both authorizers (after the handshake for the
+/// agent's, inside it for the in-process intentions'), distinct from a server that fails the
+/// client's own checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_is_access_denied_for_both_authorizers() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    let id = create_intention(&client, "web", "db", "deny").await;
+
+    let by_agent = service(&client, "db").await;
+    let intentions = Arc::new(IntentionsAuthorizer::start_with(
+        client.clone(),
+        "db",
+        DefaultDecision::AclsDisabled,
+        fast_watch(),
+    ));
+    intentions.loaded().await;
+    let in_handshake = ConnectService::builder("db")
+        .agent(client.clone())
+        .watch_config(fast_watch())
+        .authorizer(intentions.clone())
+        .build()
+        .await
+        .unwrap();
+    in_handshake.ready_timeout(READY).await.unwrap();
+
+    for (name, db) in [("agent", &by_agent), ("intentions", &in_handshake)] {
+        let (addr, mut rejections) = echo_server(db).await;
+        assert_eq!(
+            refusal(&web, addr).await,
+            Ok(ServerRefusal::Denied),
+            "{name}"
+        );
+        let rejection = next_rejection(&mut rejections).await;
+        assert_eq!(
+            rejection.peer.as_ref().map(|p| p.service()),
+            Some("web"),
+            "{name}"
+        );
+        assert!(
+            rejection
+                .reason
+                .contains(&format!("DENY default/web => default/db (ID: {id}")),
+            "{name}: {}",
+            rejection.reason
+        );
+        // The wrong server is a verification failure on our side, not a refusal.
+        let err = web
+            .dialer()
+            .dial(&StaticResolver::new(addr.to_string(), "api"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DialError::Failed { attempts, .. }
+                if matches!(attempts[..], [(_, AttemptError::Verify(VerifyError::WrongService { .. }))])),
+            "{name}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

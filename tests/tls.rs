@@ -13,8 +13,9 @@ use std::time::Duration as StdDuration;
 use consul_connect::api::{CaRootList, LeafCert};
 use consul_connect::spiffe::ServiceId;
 use consul_connect::tls::{
-    client_config, server_config, verify_peer, ConnectClientConfig, ExpectedServer,
-    HandshakeAuthorizer, Material, MaterialCell, PeerIdentity, PeerRole, TlsError, VerifyError,
+    client_config, recording_refusals, server_config, verify_peer, ConnectClientConfig,
+    ExpectedServer, HandshakeAuthorizer, Material, MaterialCell, PeerIdentity, PeerRole, TlsError,
+    VerifyError,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -640,7 +641,8 @@ async fn handshake_authorizer_denial_alerts_the_client_and_names_the_peer_on_the
     let api_leaf = ca.leaf("api");
     let api = Service::new(&roots, &api_leaf);
 
-    // TLS 1.3: the client learns of the refusal from the alert after its Finished.
+    // TLS 1.3: the client learns of the refusal from the alert after its Finished. A deny is
+    // `access_denied` (issue #16), not a certificate problem.
     let (server_side, client_side) = handshake(db.server.clone(), web.dial("db")).await;
     match refused(server_side) {
         VerifyError::Unauthorized { peer, reason } => {
@@ -649,7 +651,7 @@ async fn handshake_authorizer_denial_alerts_the_client_and_names_the_peer_on_the
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(alert(client_side), AlertDescription::CertificateUnknown);
+    assert_eq!(alert(client_side), AlertDescription::AccessDenied);
 
     // TLS 1.2: the handshake itself fails on the client.
     let tls12 = plain_client(Some(&web_leaf), &[&rustls::version::TLS12], true);
@@ -658,7 +660,7 @@ async fn handshake_authorizer_denial_alerts_the_client_and_names_the_peer_on_the
         refused(server_side),
         VerifyError::Unauthorized { .. }
     ));
-    assert_eq!(alert(client_side), AlertDescription::CertificateUnknown);
+    assert_eq!(alert(client_side), AlertDescription::AccessDenied);
 
     // Allowed clients pass, and the hook sees identity and serial.
     let (server_side, client_side) = handshake(db.server.clone(), api.dial("db")).await;
@@ -886,7 +888,7 @@ impl EchoServer {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut tls = match acceptor.accept(tcp).await {
+                    let mut tls = match recording_refusals(acceptor.accept(tcp)).await {
                         Ok(tls) => tls,
                         Err(e) => {
                             let _ = tx.send(Err(e));

@@ -33,10 +33,14 @@ static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
 ///
 /// - Presents the current leaf of `cell` on every handshake (a rotation needs no new config).
 /// - Requires a client certificate and checks it with [`verify_client`](super::verify_client)
-///   against the current roots; then `authorizer`, if given, decides inside the handshake, so
-///   a denied client gets a TLS alert. Refused clients get the alert `certificate_unknown`
-///   and the server's handshake error carries the [`VerifyError`]
-///   (see [`VerifyError::from_io`]).
+///   against the current roots; then `authorizer`, if given, decides inside the handshake.
+///   A client it denies gets the alert `access_denied` (run the accept inside
+///   [`recording_refusals`](super::recording_refusals) to get the
+///   [`VerifyError::Unauthorized`] back on the server); a client whose certificate fails a
+///   check gets `certificate_unknown` and the server's handshake error carries the
+///   [`VerifyError`] (see [`VerifyError::from_io`]).
+/// - Secret extraction is enabled, only so that a client refused after the handshake can be
+///   sent a fatal alert (see `ConnectListener`); nothing else extracts or logs secrets.
 /// - TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, no session resumption (no session cache, no
 ///   tickets), so every connection is fully verified and authorized.
 ///
@@ -71,6 +75,9 @@ pub fn server_config(
     // already never produces TLS 1.2 tickets.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // Lets the listener seal an `access_denied` / `internal_error` alert for a client refused
+    // after the handshake (rustls has no API to send one); see `tls::refusal`.
+    config.enable_secret_extraction = true;
     Arc::new(config)
 }
 
@@ -231,7 +238,12 @@ impl ClientCertVerifier for ClientVerifier {
             }
             Err(error @ VerifyError::Unauthorized { .. }) => {
                 tracing::info!(%error, "client refused by the handshake authorizer");
-                Err(error.into())
+                // A real deny: the client gets `access_denied`. That rustls error carries no
+                // detail, so the refusal is recorded for the server's reports.
+                super::refusal::record_refusal(&error);
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
             }
             Err(error) => {
                 tracing::warn!(%error, "client certificate refused");

@@ -30,6 +30,7 @@
 
 mod config;
 mod material;
+mod refusal;
 mod verify;
 
 use std::sync::{Arc, LazyLock};
@@ -38,6 +39,8 @@ use rustls::crypto::CryptoProvider;
 
 pub use config::{client_config, server_config, ConnectClientConfig, ALPN_PROTOCOLS};
 pub use material::{Material, MaterialCell};
+pub use refusal::recording_refusals;
+pub(crate) use refusal::refuse_after_handshake;
 pub use verify::{
     peer_identity, verify_client, verify_peer, verify_server, ExpectedServer, HandshakeAuthorizer,
     PeerIdentity, PeerRole, VerifyError,

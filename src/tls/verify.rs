@@ -321,8 +321,9 @@ impl fmt::Display for ExpectedServer {
 ///
 /// Called from the client-certificate verifier after every other check passed, with the
 /// client's identity and its certificate serial (colon hex, as Consul's authorize API takes
-/// it). An `Err(reason)` fails the handshake: the client gets a TLS alert, the server a
-/// [`VerifyError::Unauthorized`]. It runs on the handshake path, so it must be quick and must
+/// it). An `Err(reason)` fails the handshake: the client gets the alert `access_denied`, the
+/// server a [`VerifyError::Unauthorized`] (when the accept runs inside
+/// [`recording_refusals`](super::recording_refusals), as `ConnectListener`'s does). It runs on the handshake path, so it must be quick and must
 /// not block (an in-process intentions lookup, not an HTTP call).
 ///
 /// Closures implement it:

@@ -134,6 +134,8 @@ pub struct Endpoint {
 
 struct EndpointState {
     current: Reply,
+    /// When set, what blocking reads (`?index=` given) get instead of `current`.
+    blocking: Option<Reply>,
     queued: VecDeque<Reply>,
     hits: Vec<Hit>,
 }
@@ -143,6 +145,7 @@ impl Endpoint {
         Self {
             state: Arc::new(Mutex::new(EndpointState {
                 current: reply,
+                blocking: None,
                 queued: VecDeque::new(),
                 hits: Vec::new(),
             })),
@@ -158,6 +161,13 @@ impl Endpoint {
         let mut state = self.lock();
         state.queued.clear();
         state.current = reply;
+    }
+
+    /// Answer `reply` to blocking reads (`?index=` given) from now on, while non-blocking
+    /// reads keep getting what [`Endpoint::set`] said, as an agent whose servers fail but
+    /// whose cache still answers (`None` ends it).
+    pub fn set_blocking(&self, reply: Option<Reply>) {
+        self.lock().blocking = reply;
     }
 
     /// Answer `reply` to the next request only, then carry on as before.
@@ -187,9 +197,10 @@ impl Respond for Endpoint {
             .find(|(k, _)| k == "index")
             .and_then(|(_, v)| v.parse().ok());
         let mut state = self.lock();
-        let reply = match state.queued.pop_front() {
-            Some(reply) => reply,
-            None => state.current.clone(),
+        let reply = match (state.queued.pop_front(), &state.blocking) {
+            (Some(reply), _) => reply,
+            (None, Some(blocking)) if index.is_some() => blocking.clone(),
+            (None, _) => state.current.clone(),
         };
         state.hits.push(Hit {
             at: Instant::now(),
@@ -426,4 +437,197 @@ impl rustls::client::danger::ServerCertVerifier for RecordServer {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A TCP relay in front of an agent that counts the client connections it holds open, so a
+/// test can see when the SDK closes its pooled connections.
+pub struct ConnectionCounter {
+    addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionCounter {
+    /// Relays connections on an ephemeral loopback port to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, a) = (open.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            accepted,
+            task,
+        }
+    }
+
+    /// The relay's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Client connections accepted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Client connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP proxy in front of agent-sim that reproduces Consul 1.10-1.11's leaf cache stall
+/// (hashicorp/consul#12048): a blocking leaf query keeps the agent's fetch for that service
+/// running until its `wait` ends, even after its client has gone, and a non-blocking leaf
+/// read for the service is held until then. Everything else is forwarded as is.
+pub struct LeafStallProxy {
+    addr: std::net::SocketAddr,
+    state: Arc<Mutex<StallState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct StallState {
+    /// Per leaf path: until when a blocking query's fetch runs.
+    pending_until: std::collections::HashMap<String, Instant>,
+    /// Non-blocking leaf reads held, and for how long.
+    held: Vec<Duration>,
+}
+
+impl LeafStallProxy {
+    /// Proxies to `upstream` on an ephemeral loopback port.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state: Arc<Mutex<StallState>> = Arc::default();
+        let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let state = shared.clone();
+                let client = client.clone();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    stall_then_forward(req, state.clone(), client.clone(), upstream)
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Whether a blocking leaf query has been seen.
+    pub fn blocking_query_seen(&self) -> bool {
+        !self.state.lock().unwrap().pending_until.is_empty()
+    }
+
+    /// How long each held non-blocking leaf read was held.
+    pub fn held(&self) -> Vec<Duration> {
+        self.state.lock().unwrap().held.clone()
+    }
+}
+
+impl Drop for LeafStallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// [`LeafStallProxy`]'s handler: records blocking leaf queries, holds non-blocking leaf reads
+/// while one is pending, then forwards the request to `upstream`.
+async fn stall_then_forward(
+    req: http::Request<hyper::body::Incoming>,
+    state: Arc<Mutex<StallState>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    upstream: std::net::SocketAddr,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, BoxError> {
+    use http_body_util::{BodyExt, Full};
+    let path = req.uri().path().to_owned();
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if path.starts_with("/v1/agent/connect/ca/leaf/") {
+        if param("index").is_some() {
+            let wait = param("wait")
+                .and_then(|w| w.trim_end_matches("ms").parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(300));
+            let until = Instant::now() + wait;
+            let mut s = state.lock().unwrap();
+            let entry = s.pending_until.entry(path.clone()).or_insert(until);
+            *entry = (*entry).max(until);
+        } else {
+            let until = state.lock().unwrap().pending_until.get(&path).copied();
+            if let Some(until) = until.filter(|u| *u > Instant::now()) {
+                state.lock().unwrap().held.push(until - Instant::now());
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut forward = http::Request::builder()
+        .method(parts.method)
+        .uri(format!("http://{upstream}{target}"));
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let resp = client.request(forward.body(Full::new(body))?).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(http::Response::from_parts(parts, Full::new(body)))
 }
