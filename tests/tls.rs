@@ -342,6 +342,36 @@ async fn server_with_certificate_from_another_ca_is_refused_by_the_client() {
     ));
 }
 
+#[tokio::test]
+async fn agent_server_and_gateway_identities_are_never_callers_nor_dialed_servers() {
+    let ca = TestCa::new(7);
+    let web = Service::new(&roots(&[&ca]), &ca.leaf("web"));
+    for (uri, kind) in [
+        (
+            format!("spiffe://{TRUST_DOMAIN}/agent/client/dc/{DC}/id/0ab1c2d3-0000-4000-8000-000000000001"),
+            "agent",
+        ),
+        (format!("spiffe://{TRUST_DOMAIN}/agent/server/dc/{DC}"), "server"),
+        (format!("spiffe://{TRUST_DOMAIN}/gateway/mesh/dc/{DC}"), "mesh gateway"),
+    ] {
+        let mut spec = LeafSpec::consul(TRUST_DOMAIN, "db");
+        spec.uris = vec![uri.clone()];
+        let leaf = ca.issue(&spec);
+        for err in [
+            refused_client(&ca, &leaf).await,
+            refused(handshake(plain_server(&leaf), web.dial("db")).await.1),
+        ] {
+            match err {
+                VerifyError::NotAServiceId { id } => {
+                    assert_eq!(id.to_string(), uri);
+                    assert_eq!(id.kind(), kind);
+                }
+                other => panic!("{uri}: {other:?}"),
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CA rotation: cross-signed intermediates
 // ---------------------------------------------------------------------------------------------

@@ -241,8 +241,8 @@ impl Roots {
             for uri in &facts.uris {
                 match uri.parse::<SpiffeId>() {
                     Ok(SpiffeId::Signing(id)) => add_trust_domain(id.trust_domain().clone()),
-                    Ok(SpiffeId::Service(id)) => {
-                        tracing::warn!(root = %root.id, %id, "CA root carries a service URI SAN; ignored");
+                    Ok(id) => {
+                        tracing::warn!(root = %root.id, %id, kind = id.kind(), "CA root carries a URI SAN that is not a signing ID; ignored");
                     }
                     Err(error) => {
                         tracing::warn!(root = %root.id, %uri, %error, "CA root URI SAN is not a SPIFFE signing ID; ignored");

@@ -244,6 +244,7 @@ fn claims(peer: &Option<String>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExpectedServer {
     service: String,
+    partition: Option<String>,
     namespace: Option<String>,
     datacenter: Option<String>,
 }
@@ -253,9 +254,16 @@ impl ExpectedServer {
     pub fn new(service: impl Into<String>) -> Self {
         Self {
             service: service.into(),
+            partition: None,
             namespace: None,
             datacenter: None,
         }
+    }
+
+    /// Also requires the admin partition (`default` in Consul OSS and for URIs without `/ap/`).
+    pub fn with_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
     }
 
     /// Also requires the namespace (`default` in Consul OSS).
@@ -275,6 +283,11 @@ impl ExpectedServer {
         &self.service
     }
 
+    /// The expected partition, if constrained.
+    pub fn partition(&self) -> Option<&str> {
+        self.partition.as_deref()
+    }
+
     /// The expected namespace, if constrained.
     pub fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
@@ -289,27 +302,34 @@ impl ExpectedServer {
     pub fn matches(&self, id: &ServiceId) -> bool {
         let part = |want: Option<&str>, got: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(got));
         self.service.eq_ignore_ascii_case(id.service())
+            && part(self.partition(), id.partition())
             && part(self.namespace(), id.namespace())
             && part(self.datacenter(), id.datacenter())
     }
 }
 
 impl From<&ServiceId> for ExpectedServer {
-    /// Expects exactly this service, namespace and datacenter (any trust domain the roots
-    /// serve), as a resolver's expected `CertURI` does.
+    /// Expects exactly this service, partition, namespace and datacenter (any trust domain the
+    /// roots serve), as a resolver's expected `CertURI` does.
     fn from(id: &ServiceId) -> Self {
         Self::new(id.service())
+            .with_partition(id.partition())
             .with_namespace(id.namespace())
             .with_datacenter(id.datacenter())
     }
 }
 
 impl fmt::Display for ExpectedServer {
-    /// A URI pattern: `spiffe://*/ns/<ns|*>/dc/<dc|*>/svc/<service>`.
+    /// A URI pattern: `spiffe://*[/ap/<partition>]/ns/<ns|*>/dc/<dc|*>/svc/<service>`, the
+    /// partition shown when one other than `default` is required.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("spiffe://*")?;
+        if let Some(p) = self.partition().filter(|p| !p.eq_ignore_ascii_case("default")) {
+            write!(f, "/ap/{p}")?;
+        }
         write!(
             f,
-            "spiffe://*/ns/{}/dc/{}/svc/{}",
+            "/ns/{}/dc/{}/svc/{}",
             self.namespace().unwrap_or("*"),
             self.datacenter().unwrap_or("*"),
             self.service
@@ -707,6 +727,16 @@ mod tests {
             .matches(&db));
         assert!(!ExpectedServer::new("db").with_namespace("ops").matches(&db));
         assert!(!ExpectedServer::new("d").matches(&db));
+        // Partitions: a server in another partition is another service.
+        let eu = id("spiffe://abc.consul/ap/eu/ns/default/dc/dc1/svc/db");
+        assert!(!ExpectedServer::from(&db).matches(&eu));
+        assert!(!ExpectedServer::from(&eu).matches(&db));
+        assert!(ExpectedServer::from(&eu).matches(&eu));
+        assert!(ExpectedServer::new("db").with_partition("default").matches(&db));
+        assert_eq!(
+            ExpectedServer::from(&eu).to_string(),
+            "spiffe://*/ap/eu/ns/default/dc/dc1/svc/db"
+        );
         assert_eq!(
             ExpectedServer::new("db").to_string(),
             "spiffe://*/ns/*/dc/*/svc/db"

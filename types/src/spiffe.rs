@@ -1,8 +1,13 @@
 //! SPIFFE identities as Consul Connect uses them.
 //!
 //! Consul gives each service the URI `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`
-//! and its CA the signing URI `spiffe://<trust-domain>`. The types here can only hold a valid
-//! identity: parse once at the edge, then pass [`ServiceId`] or [`SpiffeId`] around.
+//! (from 1.11, `/ap/<partition>` comes first when the partition is not `default`) and its CA the
+//! signing URI `spiffe://<trust-domain>`. Modern Consul also issues identities that are not
+//! services: client agents (`/agent/client/dc/<dc>/id/<node-id>`, 1.10+), servers
+//! (`/agent/server/dc/<dc>`, 1.13+) and mesh gateways (`/gateway/mesh/dc/<dc>`, 1.13+). Each has
+//! its own [`SpiffeId`] variant, so that none of them can pass where a service is expected. The
+//! types here can only hold a valid identity: parse once at the edge, then pass [`ServiceId`] or
+//! [`SpiffeId`] around.
 //!
 //! The grammar is the SPIFFE one, stricter than Consul 1.4.5's Go parser: no percent-encoding,
 //! no port, user info, query or fragment, and path segments of `A-Z a-z 0-9 - . _ ~` only.
@@ -58,16 +63,27 @@ pub enum SpiffeIdError {
         /// The input.
         uri: String,
     },
-    /// The path is neither empty (signing ID) nor `/ns/<ns>/dc/<dc>/svc/<service>`.
+    /// The path is none of the forms Consul issues: empty (signing ID),
+    /// `[/ap/<partition>]/ns/<ns>/dc/<dc>/svc/<service>`,
+    /// `[/ap/<partition>]/agent/client/dc/<dc>/id/<node-id>`, `/agent/server/dc/<dc>` or
+    /// `[/ap/<partition>]/gateway/mesh/dc/<dc>`.
     #[error("SPIFFE ID is not in the expected format: {uri:?}")]
     Format {
         /// The input.
         uri: String,
     },
-    /// One of the namespace, datacenter or service segments is empty.
+    /// A valid SPIFFE ID of another kind where a service identity was required.
+    #[error("SPIFFE ID {uri:?} is a {kind} identity, not a service identity")]
+    NotAService {
+        /// The input.
+        uri: String,
+        /// What it identifies: `agent`, `server`, `mesh gateway` or `CA signing`.
+        kind: &'static str,
+    },
+    /// One of the partition, namespace, datacenter, service or node-ID segments is empty.
     #[error("SPIFFE ID has an empty {segment}: {uri:?}")]
     EmptySegment {
-        /// `namespace`, `datacenter` or `service`.
+        /// `partition`, `namespace`, `datacenter`, `service` or `node ID`.
         segment: &'static str,
         /// The input.
         uri: String,
@@ -75,7 +91,7 @@ pub enum SpiffeIdError {
     /// A segment holds a character SPIFFE does not allow, or is `.` / `..`.
     #[error("SPIFFE ID {segment} {value:?} is invalid")]
     SegmentChar {
-        /// `namespace`, `datacenter` or `service`.
+        /// `partition`, `namespace`, `datacenter`, `service` or `node ID`.
         segment: &'static str,
         /// The segment's value.
         value: String,
@@ -149,10 +165,18 @@ impl fmt::Debug for TrustDomain {
     }
 }
 
-/// A service identity: `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`.
+/// The partition every Consul OSS identity is in, and the one Consul leaves out of URIs.
+pub const DEFAULT_PARTITION: &str = "default";
+
+/// A service identity: `spiffe://<trust-domain>[/ap/<partition>]/ns/<ns>/dc/<dc>/svc/<service>`.
+///
+/// `/ap/default/` and no `/ap/` segment are the same identity, written without it, as Consul
+/// writes it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ServiceId {
     trust_domain: TrustDomain,
+    /// `None` for the default partition.
+    partition: Option<String>,
     namespace: String,
     datacenter: String,
     service: String,
@@ -181,15 +205,43 @@ impl ServiceId {
         check_segment("service", service, uri)?;
         Ok(Self {
             trust_domain,
+            partition: None,
             namespace: namespace.to_owned(),
             datacenter: datacenter.to_owned(),
             service: service.to_owned(),
         })
     }
 
+    /// The same identity in an admin partition (Consul Enterprise 1.11+); `default` means no
+    /// partition segment.
+    ///
+    /// ```
+    /// use consul_connect_types::spiffe::{ServiceId, TrustDomain};
+    /// let id = ServiceId::new(TrustDomain::new("abc.consul")?, "default", "dc1", "db")?
+    ///     .with_partition("eu")?;
+    /// assert_eq!(id.to_string(), "spiffe://abc.consul/ap/eu/ns/default/dc/dc1/svc/db");
+    /// assert_eq!(id.partition(), "eu");
+    /// # Ok::<(), consul_connect_types::spiffe::SpiffeIdError>(())
+    /// ```
+    pub fn with_partition(mut self, partition: &str) -> Result<Self, SpiffeIdError> {
+        check_segment("partition", partition, || {
+            format!(
+                "spiffe://{}/ap/{partition}/ns/{}/dc/{}/svc/{}",
+                self.trust_domain, self.namespace, self.datacenter, self.service
+            )
+        })?;
+        self.partition = (partition != DEFAULT_PARTITION).then(|| partition.to_owned());
+        Ok(self)
+    }
+
     /// The trust domain (URI host).
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// The admin partition: `default` unless the URI names another.
+    pub fn partition(&self) -> &str {
+        self.partition.as_deref().unwrap_or(DEFAULT_PARTITION)
     }
 
     /// The namespace (`default` in Consul OSS).
@@ -210,10 +262,12 @@ impl ServiceId {
 
 impl fmt::Display for ServiceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}", self.trust_domain)?;
+        write_partition(f, self.partition.as_deref())?;
         write!(
             f,
-            "spiffe://{}/ns/{}/dc/{}/svc/{}",
-            self.trust_domain, self.namespace, self.datacenter, self.service
+            "/ns/{}/dc/{}/svc/{}",
+            self.namespace, self.datacenter, self.service
         )
     }
 }
@@ -230,7 +284,10 @@ impl FromStr for ServiceId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.parse::<SpiffeId>()? {
             SpiffeId::Service(id) => Ok(id),
-            SpiffeId::Signing(_) => Err(SpiffeIdError::Format { uri: s.to_owned() }),
+            other => Err(SpiffeIdError::NotAService {
+                uri: s.to_owned(),
+                kind: other.kind(),
+            }),
         }
     }
 }
@@ -276,13 +333,129 @@ impl fmt::Debug for SigningId {
     }
 }
 
-/// Any identity Consul's CA issues: a service or the CA's own signing identity.
+/// A client agent's identity (Consul 1.10+, for the agent's own TLS to servers):
+/// `spiffe://<trust-domain>[/ap/<partition>]/agent/client/dc/<dc>/id/<node-id>`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct AgentId {
+    trust_domain: TrustDomain,
+    partition: Option<String>,
+    datacenter: String,
+    node_id: String,
+}
+
+impl AgentId {
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The admin partition (`default` unless the URI names another).
+    pub fn partition(&self) -> &str {
+        self.partition.as_deref().unwrap_or(DEFAULT_PARTITION)
+    }
+
+    /// The agent's datacenter.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// The agent's node ID.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}", self.trust_domain)?;
+        write_partition(f, self.partition.as_deref())?;
+        write!(
+            f,
+            "/agent/client/dc/{}/id/{}",
+            self.datacenter, self.node_id
+        )
+    }
+}
+
+/// A Consul server's identity (1.13+, for peering):
+/// `spiffe://<trust-domain>/agent/server/dc/<dc>`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ServerId {
+    trust_domain: TrustDomain,
+    datacenter: String,
+}
+
+impl ServerId {
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The server's datacenter.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/agent/server/dc/{}",
+            self.trust_domain, self.datacenter
+        )
+    }
+}
+
+/// A mesh gateway's identity (1.13+):
+/// `spiffe://<trust-domain>[/ap/<partition>]/gateway/mesh/dc/<dc>`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct MeshGatewayId {
+    trust_domain: TrustDomain,
+    partition: Option<String>,
+    datacenter: String,
+}
+
+impl MeshGatewayId {
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The admin partition (`default` unless the URI names another).
+    pub fn partition(&self) -> &str {
+        self.partition.as_deref().unwrap_or(DEFAULT_PARTITION)
+    }
+
+    /// The gateway's datacenter.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+}
+
+impl fmt::Display for MeshGatewayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}", self.trust_domain)?;
+        write_partition(f, self.partition.as_deref())?;
+        write!(f, "/gateway/mesh/dc/{}", self.datacenter)
+    }
+}
+
+/// Any identity Consul's CA issues. Only [`SpiffeId::Service`] may ever be a Connect caller or
+/// a dialed server; the SDK refuses the others in both places.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SpiffeId {
     /// A service leaf identity.
     Service(ServiceId),
     /// The CA's signing identity.
     Signing(SigningId),
+    /// A client agent.
+    Agent(AgentId),
+    /// A Consul server.
+    Server(ServerId),
+    /// A mesh gateway.
+    MeshGateway(MeshGatewayId),
 }
 
 impl SpiffeId {
@@ -290,15 +463,29 @@ impl SpiffeId {
     pub fn as_service(&self) -> Option<&ServiceId> {
         match self {
             SpiffeId::Service(id) => Some(id),
-            SpiffeId::Signing(_) => None,
+            _ => None,
         }
     }
 
-    /// The trust domain of either kind.
+    /// The trust domain of any kind.
     pub fn trust_domain(&self) -> &TrustDomain {
         match self {
             SpiffeId::Service(id) => id.trust_domain(),
             SpiffeId::Signing(id) => id.trust_domain(),
+            SpiffeId::Agent(id) => id.trust_domain(),
+            SpiffeId::Server(id) => id.trust_domain(),
+            SpiffeId::MeshGateway(id) => id.trust_domain(),
+        }
+    }
+
+    /// What the identity names: `service`, `CA signing`, `agent`, `server` or `mesh gateway`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SpiffeId::Service(_) => "service",
+            SpiffeId::Signing(_) => "CA signing",
+            SpiffeId::Agent(_) => "agent",
+            SpiffeId::Server(_) => "server",
+            SpiffeId::MeshGateway(_) => "mesh gateway",
         }
     }
 }
@@ -308,6 +495,9 @@ impl fmt::Display for SpiffeId {
         match self {
             SpiffeId::Service(id) => id.fmt(f),
             SpiffeId::Signing(id) => id.fmt(f),
+            SpiffeId::Agent(id) => id.fmt(f),
+            SpiffeId::Server(id) => id.fmt(f),
+            SpiffeId::MeshGateway(id) => id.fmt(f),
         }
     }
 }
@@ -315,8 +505,9 @@ impl fmt::Display for SpiffeId {
 impl fmt::Debug for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpiffeId::Service(id) => id.fmt(f),
-            SpiffeId::Signing(id) => id.fmt(f),
+            SpiffeId::Service(id) => fmt::Debug::fmt(id, f),
+            SpiffeId::Signing(id) => fmt::Debug::fmt(id, f),
+            other => write!(f, "SpiffeId({other})"),
         }
     }
 }
@@ -344,9 +535,45 @@ impl FromStr for SpiffeId {
                 .map_err(|_| SpiffeIdError::SigningTrustDomain { uri: err_uri() });
         }
         let segments: Vec<&str> = path[1..].split('/').collect();
-        match segments.as_slice() {
-            ["ns", ns, "dc", dc, "svc", svc] => {
-                ServiceId::new(trust_domain, ns, dc, svc).map(SpiffeId::Service)
+        // `/ap/<partition>` may lead every form but the server's.
+        let (partition, rest) = match segments.as_slice() {
+            ["ap", partition, rest @ ..] => {
+                check_segment("partition", partition, err_uri)?;
+                let partition = (*partition != DEFAULT_PARTITION).then(|| partition.to_string());
+                (Some(partition), rest)
+            }
+            rest => (None, rest),
+        };
+        match (rest, partition) {
+            (["ns", ns, "dc", dc, "svc", svc], partition) => {
+                let mut id = ServiceId::new(trust_domain, ns, dc, svc)?;
+                id.partition = partition.flatten();
+                Ok(SpiffeId::Service(id))
+            }
+            (["agent", "client", "dc", dc, "id", node_id], partition) => {
+                check_segment("datacenter", dc, err_uri)?;
+                check_segment("node ID", node_id, err_uri)?;
+                Ok(SpiffeId::Agent(AgentId {
+                    trust_domain,
+                    partition: partition.flatten(),
+                    datacenter: dc.to_string(),
+                    node_id: node_id.to_string(),
+                }))
+            }
+            (["agent", "server", "dc", dc], None) => {
+                check_segment("datacenter", dc, err_uri)?;
+                Ok(SpiffeId::Server(ServerId {
+                    trust_domain,
+                    datacenter: dc.to_string(),
+                }))
+            }
+            (["gateway", "mesh", "dc", dc], partition) => {
+                check_segment("datacenter", dc, err_uri)?;
+                Ok(SpiffeId::MeshGateway(MeshGatewayId {
+                    trust_domain,
+                    partition: partition.flatten(),
+                    datacenter: dc.to_string(),
+                }))
             }
             _ => Err(SpiffeIdError::Format { uri: err_uri() }),
         }
@@ -363,6 +590,14 @@ impl<'de> serde::Deserialize<'de> for ServiceId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes `/ap/<partition>` for a partition other than the default.
+fn write_partition(f: &mut fmt::Formatter<'_>, partition: Option<&str>) -> fmt::Result {
+    match partition {
+        Some(p) => write!(f, "/ap/{p}"),
+        None => Ok(()),
     }
 }
 
@@ -515,8 +750,35 @@ mod tests {
             (format!("spiffe://{TD}/dc/dc1/ns/default/svc/web"), |e| {
                 matches!(e, E::Format { .. })
             }),
-            (format!("spiffe://{TD}/agent/client/dc/dc1/id/abc"), |e| {
+            (format!("spiffe://{TD}/agent/client/dc/dc1/id"), |e| {
                 matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/ap/eu/agent/server/dc/dc1"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (format!("spiffe://{TD}/ap/eu"), |e| {
+                matches!(e, E::Format { .. })
+            }),
+            (
+                format!("spiffe://{TD}/ap//ns/default/dc/dc1/svc/web"),
+                |e| {
+                    matches!(
+                        e,
+                        E::EmptySegment {
+                            segment: "partition",
+                            ..
+                        }
+                    )
+                },
+            ),
+            (format!("spiffe://{TD}/agent/client/dc/dc1/id/a:b"), |e| {
+                matches!(
+                    e,
+                    E::SegmentChar {
+                        segment: "node ID",
+                        ..
+                    }
+                )
             }),
             (format!("spiffe://{TD}/ns/default/dc/dc1/svc/"), |e| {
                 matches!(
@@ -590,7 +852,78 @@ mod tests {
     #[test]
     fn signing_id_is_not_a_service_id() {
         let err = format!("spiffe://{TD}").parse::<ServiceId>().unwrap_err();
-        assert!(matches!(err, SpiffeIdError::Format { .. }));
+        assert!(matches!(
+            err,
+            SpiffeIdError::NotAService {
+                kind: "CA signing",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn modern_identities_parse_into_their_own_kinds() {
+        let node = "0ab1c2d3-0000-4000-8000-000000000001";
+        let cases = [
+            (
+                format!("spiffe://{TD}/agent/client/dc/dc1/id/{node}"),
+                "agent",
+            ),
+            (
+                format!("spiffe://{TD}/ap/eu/agent/client/dc/dc1/id/{node}"),
+                "agent",
+            ),
+            (format!("spiffe://{TD}/agent/server/dc/dc1"), "server"),
+            (format!("spiffe://{TD}/gateway/mesh/dc/dc2"), "mesh gateway"),
+            (
+                format!("spiffe://{TD}/ap/eu/gateway/mesh/dc/dc2"),
+                "mesh gateway",
+            ),
+        ];
+        for (uri, kind) in cases {
+            let id: SpiffeId = uri.parse().unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(id.kind(), kind, "{uri}");
+            assert_eq!(id.to_string(), uri);
+            assert!(id.as_service().is_none());
+            let err = uri.parse::<ServiceId>().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("SPIFFE ID {uri:?} is a {kind} identity, not a service identity")
+            );
+        }
+        let SpiffeId::Agent(agent) = format!("spiffe://{TD}/ap/eu/agent/client/dc/dc1/id/{node}")
+            .parse()
+            .unwrap()
+        else {
+            panic!("not an agent")
+        };
+        assert_eq!((agent.partition(), agent.datacenter()), ("eu", "dc1"));
+        assert_eq!(agent.node_id(), node);
+    }
+
+    #[test]
+    fn partitions_of_service_identities() {
+        let eu: ServiceId = format!("spiffe://{TD}/ap/eu/ns/default/dc/dc1/svc/db")
+            .parse()
+            .unwrap();
+        assert_eq!(eu.partition(), "eu");
+        assert_eq!(
+            eu.to_string(),
+            format!("spiffe://{TD}/ap/eu/ns/default/dc/dc1/svc/db")
+        );
+        let plain: ServiceId = format!("spiffe://{TD}/ns/default/dc/dc1/svc/db")
+            .parse()
+            .unwrap();
+        assert_eq!(plain.partition(), "default");
+        assert_ne!(eu, plain, "another partition is another identity");
+        // `/ap/default/` is the default partition, which Consul leaves out of the URI.
+        let explicit: ServiceId = format!("spiffe://{TD}/ap/default/ns/default/dc/dc1/svc/db")
+            .parse()
+            .unwrap();
+        assert_eq!(explicit, plain);
+        assert_eq!(explicit.to_string(), plain.to_string());
+        assert_eq!(plain.clone().with_partition("eu").unwrap(), eu);
+        assert_eq!(eu.with_partition("default").unwrap(), plain);
     }
 
     #[test]

@@ -436,7 +436,8 @@ async fn authorize(
     }
     let client = match req.client_cert_uri.parse::<SpiffeId>() {
         Ok(SpiffeId::Service(id)) => id,
-        Ok(SpiffeId::Signing(_)) => {
+        // A CA, agent, server or mesh-gateway identity is never a Connect caller.
+        Ok(_) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Service identifier".into(),
             ))
