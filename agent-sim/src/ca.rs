@@ -409,7 +409,7 @@ impl CaProvider for BuiltinCa {
     ) -> Result<String, CaError> {
         if id.trust_domain() != &self.trust_domain {
             return Err(CaError::ForeignTrustDomain {
-                id: id.clone(),
+                id: Box::new(id.clone()),
                 trust_domain: self.trust_domain.clone(),
             });
         }
@@ -660,8 +660,8 @@ pub enum CaError {
         .id.trust_domain()
     )]
     ForeignTrustDomain {
-        /// The service identity requested.
-        id: ServiceId,
+        /// The service identity requested (boxed to keep every `CaError` small).
+        id: Box<ServiceId>,
         /// This CA's trust domain.
         trust_domain: TrustDomain,
     },

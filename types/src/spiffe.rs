@@ -175,11 +175,12 @@ pub const DEFAULT_PARTITION: &str = "default";
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ServiceId {
     trust_domain: TrustDomain,
+    // Boxed strings keep the identity (and the errors that carry one) small.
     /// `None` for the default partition.
-    partition: Option<String>,
-    namespace: String,
-    datacenter: String,
-    service: String,
+    partition: Option<Box<str>>,
+    namespace: Box<str>,
+    datacenter: Box<str>,
+    service: Box<str>,
 }
 
 impl ServiceId {
@@ -206,9 +207,9 @@ impl ServiceId {
         Ok(Self {
             trust_domain,
             partition: None,
-            namespace: namespace.to_owned(),
-            datacenter: datacenter.to_owned(),
-            service: service.to_owned(),
+            namespace: namespace.into(),
+            datacenter: datacenter.into(),
+            service: service.into(),
         })
     }
 
@@ -230,7 +231,7 @@ impl ServiceId {
                 self.trust_domain, self.namespace, self.datacenter, self.service
             )
         })?;
-        self.partition = (partition != DEFAULT_PARTITION).then(|| partition.to_owned());
+        self.partition = (partition != DEFAULT_PARTITION).then(|| partition.into());
         Ok(self)
     }
 
@@ -547,7 +548,7 @@ impl FromStr for SpiffeId {
         match (rest, partition) {
             (["ns", ns, "dc", dc, "svc", svc], partition) => {
                 let mut id = ServiceId::new(trust_domain, ns, dc, svc)?;
-                id.partition = partition.flatten();
+                id.partition = partition.flatten().map(String::into_boxed_str);
                 Ok(SpiffeId::Service(id))
             }
             (["agent", "client", "dc", dc, "id", node_id], partition) => {
