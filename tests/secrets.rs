@@ -22,6 +22,8 @@ use consul_connect::{
     StaticResolver,
 };
 use consul_connect_types::api::{AclToken, CaConfiguration};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
 use support::agent::{Raw, CLUSTER_ID, TRUST_DOMAIN};
 use support::faults::watch_config;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -52,9 +54,7 @@ impl Secrets {
                     .push((format!("{what} PEM line"), line.to_owned()));
             }
         }
-        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
-            .unwrap()
-            .expect("a private key");
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a private key PEM");
         let der = der.secret_der();
         // ECPrivateKey: version 1, then the 32-byte scalar (SEC1 alone or inside PKCS#8).
         let at = der

@@ -18,6 +18,7 @@ use consul_connect::tls::{
     VerifyError,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, ClientConfig, CommonState, DigitallySignedStruct, HandshakeKind,
@@ -831,7 +832,7 @@ fn sample_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
 fn pem_chain(name: &str) -> Vec<CertificateDer<'static>> {
     let path = Sample::dir().join(name);
     let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    rustls_pemfile::certs(&mut pem.as_slice())
+    CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .expect("PEM certificates")
 }

@@ -13,6 +13,7 @@ use consul_connect::api::{CaRootList, LeafCert};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -26,7 +27,7 @@ pub fn raw_configs(
 ) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
     let mut store = RootCertStore::empty();
     for root in &roots.roots {
-        for cert in rustls_pemfile::certs(&mut root.root_cert.as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(root.root_cert.as_bytes()) {
             store.add(cert.expect("root PEM")).expect("usable root");
         }
     }
@@ -65,15 +66,13 @@ pub fn raw_configs(
 
 /// All certificates of a leaf's `CertPEM` (the leaf, then any intermediate).
 pub fn chain(leaf: &LeafCert) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+    CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("leaf PEM")
 }
 
 fn key(leaf: &LeafCert) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut leaf.private_key_pem.as_bytes())
-        .expect("key PEM")
-        .expect("a private key")
+    PrivateKeyDer::from_pem_slice(leaf.private_key_pem.as_bytes()).expect("a private key PEM")
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 
@@ -295,9 +296,14 @@ impl Leaf {
             service: service.to_owned(),
             reason,
         };
-        let key_der = rustls_pemfile::private_key(&mut leaf.private_key_pem.as_bytes())
-            .map_err(|e| bad_key(format!("unreadable PEM: {}", e.kind())))?
-            .ok_or_else(|| bad_key("PrivateKeyPEM holds no private key".to_owned()))?;
+        let key_der = PrivateKeyDer::from_pem_slice(leaf.private_key_pem.as_bytes()).map_err(
+            |e| match e {
+                pem::Error::NoItemsFound => {
+                    bad_key("PrivateKeyPEM holds no private key".to_owned())
+                }
+                e => bad_key(format!("unreadable PEM: {e}")),
+            },
+        )?;
         let signing_key = provider()
             .key_provider
             .load_private_key(key_der)
@@ -357,7 +363,7 @@ impl Leaf {
 
 /// All `CERTIFICATE` blocks of a PEM text, in order; other block types are skipped.
 fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("unreadable PEM: {e}"))
 }

@@ -124,6 +124,7 @@ pub(crate) fn provider() -> &'static Arc<CryptoProvider> {
 mod tests {
     use super::*;
     use crate::api::{CaRoot, CaRootList, LeafCert};
+    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, UnixTime};
     use time::macros::datetime;
     use time::OffsetDateTime;
@@ -185,7 +186,7 @@ mod tests {
     }
 
     fn der(pem: &str) -> CertificateDer<'static> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
+        CertificateDer::pem_slice_iter(pem.as_bytes())
             .next()
             .expect("one certificate")
             .expect("PEM")

@@ -324,7 +324,10 @@ impl fmt::Display for ExpectedServer {
     /// partition shown when one other than `default` is required.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("spiffe://*")?;
-        if let Some(p) = self.partition().filter(|p| !p.eq_ignore_ascii_case("default")) {
+        if let Some(p) = self
+            .partition()
+            .filter(|p| !p.eq_ignore_ascii_case("default"))
+        {
             write!(f, "/ap/{p}")?;
         }
         write!(
@@ -732,7 +735,9 @@ mod tests {
         assert!(!ExpectedServer::from(&db).matches(&eu));
         assert!(!ExpectedServer::from(&eu).matches(&db));
         assert!(ExpectedServer::from(&eu).matches(&eu));
-        assert!(ExpectedServer::new("db").with_partition("default").matches(&db));
+        assert!(ExpectedServer::new("db")
+            .with_partition("default")
+            .matches(&db));
         assert_eq!(
             ExpectedServer::from(&eu).to_string(),
             "spiffe://*/ap/eu/ns/default/dc/dc1/svc/db"

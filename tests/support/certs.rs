@@ -23,6 +23,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use time::{Duration, OffsetDateTime};
 
@@ -127,7 +128,7 @@ impl TestCa {
     /// forge leaves that the real CA's key signed.
     pub fn from_pem(root_pem: &str, key_pem: &str, trust_domain: &str) -> Self {
         let key = KeyPair::from_pem(key_pem).expect("CA key PEM");
-        let der = rustls_pemfile::certs(&mut root_pem.as_bytes())
+        let der = CertificateDer::pem_slice_iter(root_pem.as_bytes())
             .next()
             .expect("one certificate")
             .expect("root DER");

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// A client config builder (aws-lc-rs, TLS 1.2 and 1.3) that accepts any server certificate.
@@ -20,12 +21,10 @@ pub fn client_builder(
 
 /// A client config presenting `chain` with `key` (PEM, as the leaf endpoint returns them).
 pub fn client_with_leaf_pem(cert_pem: &str, key_pem: &str) -> Arc<rustls::ClientConfig> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("leaf PEM");
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .expect("key PEM")
-        .expect("a key");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("a key PEM");
     Arc::new(
         client_builder()
             .with_client_auth_cert(chain, key)
