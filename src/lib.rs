@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acceptor;
 pub mod agent;
 pub mod api;
 pub mod authz;
@@ -39,6 +40,7 @@ pub use consul_connect_types::intentions;
 /// SPIFFE identities as Consul issues them (from `consul-connect-types`).
 pub use consul_connect_types::spiffe;
 
+pub use acceptor::ConnectAcceptor;
 pub use agent::AgentClient;
 pub use authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
 pub use dialer::ConnectDialer;

@@ -12,14 +12,13 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
-use crate::authz::{Authorizer, AuthzError};
+use crate::acceptor::{AcceptError, ConnectAcceptor};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 use crate::telemetry;
-use crate::tls::{peer_identity, recording_refusals, refuse_after_handshake, VerifyError};
-use rustls::AlertDescription;
+
+pub use crate::acceptor::RejectReason;
 
 /// A server-side Connect stream.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -30,31 +29,6 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// is dropped so that stalled clients cannot lock out others.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 
-/// Why an incoming connection was refused (logged; `accept` carries on).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// The client did not finish the handshake in time.
-    #[error("handshake timed out after {0:?}")]
-    Timeout(Duration),
-    /// The handshake was still in progress, the oldest of more than the limit, when another
-    /// client connected.
-    #[error("handshake shed: more than {0} in progress and this one was the oldest")]
-    Shed(usize),
-    /// The client's certificate failed a check.
-    #[error("client certificate rejected: {0}")]
-    Verify(VerifyError),
-    /// The TLS handshake failed otherwise.
-    #[error("TLS handshake failed: {0}")]
-    Handshake(io::Error),
-    /// The handshake completed without a usable client identity.
-    #[error("client presented no SPIFFE service identity")]
-    NoIdentity,
-    /// Authorization refused the client or could not be had.
-    #[error(transparent)]
-    Authz(#[from] AuthzError),
-}
-
 /// A refused connection, as [`ConnectListener::rejections`] reports it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -64,21 +38,6 @@ pub struct Rejection {
     pub peer: Option<ServiceId>,
     /// Why it was refused.
     pub reason: String,
-}
-
-impl RejectReason {
-    /// A short, stable name of why, for metrics labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RejectReason::Timeout(_) => "timeout",
-            RejectReason::Shed(_) => "shed",
-            RejectReason::Verify(v) => v.kind(),
-            RejectReason::Handshake(_) => "tls",
-            RejectReason::NoIdentity => "no_identity",
-            RejectReason::Authz(AuthzError::Denied { .. }) => "denied",
-            RejectReason::Authz(_) => "authz_unavailable",
-        }
-    }
 }
 
 /// Options of a [`ConnectListener`].
@@ -154,10 +113,7 @@ impl ConnectListener {
         let ctx = Arc::new(AcceptContext {
             rejections: rejections.clone(),
             max_pending: config.max_pending.max(1),
-            acceptor: TlsAcceptor::from(service.server_config()),
-            authorizer: service.authorizer().clone(),
-            // With an in-handshake authorizer the decision is already made by the verifier.
-            authorize_after: service.authorizer().handshake_hook().is_none(),
+            acceptor: ConnectAcceptor::new(service),
             target: service.name().to_owned(),
             timeout: config.handshake_timeout,
         });
@@ -200,9 +156,7 @@ impl Drop for ConnectListener {
 struct AcceptContext {
     rejections: broadcast::Sender<Rejection>,
     max_pending: usize,
-    acceptor: TlsAcceptor,
-    authorizer: Arc<dyn Authorizer>,
-    authorize_after: bool,
+    acceptor: ConnectAcceptor,
     target: String,
     timeout: Duration,
 }
@@ -277,7 +231,7 @@ async fn accept_loop(
                     let _ = tx.send((stream, peer)).await;
                     return;
                 }
-                Ok(Err((reason, peer))) => (reason, peer),
+                Ok(Err(AcceptError { reason, peer })) => (reason, peer),
                 Err(_) => (RejectReason::Timeout(ctx.timeout), None),
             };
             telemetry::handshake(&ctx.target, "server", Err(reason.kind()));
@@ -302,50 +256,9 @@ async fn accept_loop(
 async fn handshake(
     ctx: &AcceptContext,
     tcp: TcpStream,
-) -> Result<(ServerStream, ServiceId), (RejectReason, Option<ServiceId>)> {
+) -> Result<(ServerStream, ServiceId), AcceptError> {
     let _ = tcp.set_nodelay(true);
-    let stream = recording_refusals(ctx.acceptor.accept(tcp))
-        .await
-        .map_err(|e| {
-            match VerifyError::from_io(&e) {
-                // Denied inside the handshake: the identity was verified first, so name it.
-                Some(VerifyError::Unauthorized { peer, reason }) => {
-                    let who = Some(peer.clone());
-                    (
-                        RejectReason::Verify(VerifyError::Unauthorized { peer, reason }),
-                        who,
-                    )
-                }
-                Some(v) => (RejectReason::Verify(v), None),
-                None => (RejectReason::Handshake(e), None),
-            }
-        })?;
-    let peer = peer_identity(stream.get_ref().1).ok_or((RejectReason::NoIdentity, None))?;
-    if ctx.authorize_after {
-        let id = peer.service_id().clone();
-        let decision = match ctx
-            .authorizer
-            .authorize(&ctx.target, &id, peer.serial())
-            .await
-        {
-            Ok(decision) => decision,
-            Err(e) => {
-                // Fail closed, and tell the client it was not a deny.
-                refuse_after_handshake(stream, AlertDescription::InternalError).await;
-                return Err((RejectReason::Authz(e), Some(id)));
-            }
-        };
-        if !decision.allowed {
-            refuse_after_handshake(stream, AlertDescription::AccessDenied).await;
-            let denied = AuthzError::Denied {
-                peer: id.clone(),
-                target: ctx.target.clone(),
-                reason: decision.reason,
-            };
-            return Err((RejectReason::Authz(denied), Some(id)));
-        }
-    }
-    Ok((stream, peer.into_service_id()))
+    ctx.acceptor.accept(tcp).await
 }
 
 fn is_transient(e: &io::Error) -> bool {

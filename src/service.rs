@@ -351,10 +351,30 @@ impl ConnectService {
         }
     }
 
-    /// The rustls server configuration (client auth required, verifier and certificate read
-    /// the current material on every handshake).
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.shared.server.clone()
+    /// Accepts connections for this service over sockets of your own, always authorizing
+    /// each client (as [`ConnectListener`](crate::ConnectListener) does). Go's
+    /// `svc.ServerTLSConfig()` in a custom accept loop becomes this.
+    pub fn acceptor(&self) -> crate::ConnectAcceptor {
+        crate::ConnectAcceptor::new(self)
+    }
+
+    /// A rustls server configuration that authorizes every client inside the handshake, for
+    /// servers that take a `rustls::ServerConfig` (hyper-rustls, tonic's TLS, ...). Only an
+    /// authorizer that decides without I/O can run there, such as the
+    /// [`IntentionsAuthorizer`](crate::IntentionsAuthorizer): with the default agent
+    /// authorizer, which asks the agent after the handshake, this is `None`; use
+    /// [`acceptor`](Self::acceptor) then.
+    pub fn authorizing_server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.shared
+            .authorizer
+            .handshake_hook()
+            .is_some()
+            .then(|| self.shared.server.clone())
+    }
+
+    /// Access to what can skip authorization; see [`DangerousService`].
+    pub fn dangerous(&self) -> DangerousService<'_> {
+        DangerousService(self)
     }
 
     /// The client configuration, from which each dial derives its own.
@@ -400,6 +420,23 @@ impl ConnectService {
         NotReady::Shutdown {
             service: self.shared.name.clone(),
         }
+    }
+}
+
+/// What can hand out this service's TLS without authorization, named so; from
+/// [`ConnectService::dangerous`].
+#[derive(Debug, Clone, Copy)]
+pub struct DangerousService<'a>(&'a ConnectService);
+
+impl DangerousService<'_> {
+    /// The raw rustls server configuration: client certificates required and verified
+    /// against the current roots, the current leaf presented, no resumption. It runs only an
+    /// in-handshake authorizer: with the default [`AgentAuthorizer`](crate::AgentAuthorizer)
+    /// it **authorizes no one**, so a client that intentions deny still gets through. Use
+    /// [`ConnectService::acceptor`] or [`ConnectService::authorizing_server_config`] instead,
+    /// unless you authorize each connection yourself.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.shared.server.clone()
     }
 }
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sim::Agent;
+use consul_connect::acceptor::RejectReason;
 use consul_connect::agent::{AgentClient, WatchConfig};
 use consul_connect::api::Intention;
-use consul_connect::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
+use consul_connect::authz::{AgentAuthorizer, Authorizer, AuthzError, IntentionsAuthorizer};
 use consul_connect::dialer::{AttemptError, DialError, ServerRefusal};
 use consul_connect::intentions::DefaultDecision;
 use consul_connect::listener::Rejection;
@@ -250,6 +251,85 @@ async fn a_deny_is_access_denied_for_both_authorizers() {
             "{name}: {err:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_accept_loops_always_authorize() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    let db = service(&client, "db").await; // the default: the agent's authorize endpoint
+    create_intention(&client, "web", "db", "deny").await;
+    assert!(
+        db.authorizing_server_config().is_none(),
+        "the agent authorizer cannot decide inside a rustls handshake"
+    );
+
+    // The acceptor refuses the denied client, names it, and sends it `access_denied`.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let acceptor = db.acceptor();
+    let server = tokio::spawn(async move {
+        let (socket, _) = tcp.accept().await.unwrap();
+        acceptor.accept(socket).await.map(|(_, peer)| peer)
+    });
+    assert_eq!(refusal(&web, addr).await, Ok(ServerRefusal::Denied));
+    let err = server.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err.reason, RejectReason::Authz(AuthzError::Denied { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.peer.as_ref().map(|p| p.service()), Some("web"));
+
+    // The raw configuration is behind `dangerous()` because it lets that client in.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let raw = tokio_rustls::TlsAcceptor::from(db.dangerous().server_config());
+    tokio::spawn(async move {
+        let (socket, _) = tcp.accept().await.unwrap();
+        let mut stream = raw.accept(socket).await.unwrap();
+        stream.write_all(b"unauthorized hello\n").await.unwrap();
+        stream.flush().await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    let mut stream = web
+        .dialer()
+        .dial(&StaticResolver::new(addr.to_string(), "db"))
+        .await
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut stream)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    assert_eq!(line, "unauthorized hello\n");
+
+    // An in-handshake authorizer can be handed out as a rustls configuration.
+    let intentions = Arc::new(IntentionsAuthorizer::start_with(
+        client.clone(),
+        "db",
+        DefaultDecision::AclsDisabled,
+        fast_watch(),
+    ));
+    intentions.loaded().await;
+    let in_handshake = ConnectService::builder("db")
+        .agent(client.clone())
+        .watch_config(fast_watch())
+        .authorizer(intentions)
+        .build()
+        .await
+        .unwrap();
+    in_handshake.ready_timeout(READY).await.unwrap();
+    let config = in_handshake
+        .authorizing_server_config()
+        .expect("an in-handshake authorizer");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = tcp.accept().await.unwrap();
+        let _ = tokio_rustls::TlsAcceptor::from(config).accept(socket).await;
+    });
+    assert_eq!(refusal(&web, addr).await, Ok(ServerRefusal::Denied));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,7 +263,7 @@ async fn debug_of_sdk_types_shows_no_key_and_no_token() {
         "CatalogResolver" => CatalogResolver::new(client.clone(), "db"),
         "ConnectConnector" => consul_connect::http::ConnectConnector::new(&web),
         "HttpClient" => &http_client,
-        "rustls::ServerConfig" => web.server_config(),
+        "rustls::ServerConfig" => web.dangerous().server_config(),
         "ConnectClientConfig" => web.client_config(),
         "rustls::ClientConfig" => web.client_config().for_server(ExpectedServer::new("db")),
         "AgentError" => &denied,
