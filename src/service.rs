@@ -342,7 +342,7 @@ impl ConnectService {
         let material = self.shared.cell.load();
         let fetched = self.shared.lock_fetched();
         Status {
-            ready: material.is_some(),
+            ready: material.as_ref().is_some_and(|m| m.leaf_chains()),
             identity: material.as_ref().map(|m| m.service_id().clone()),
             leaf_serial: material.as_ref().map(|m| m.serial().to_owned()),
             leaf_not_after: material.as_ref().map(|m| m.not_after()),
@@ -555,13 +555,21 @@ impl Shared {
                 self.install(fetched, material, ids);
             }
             Err(message) => {
+                // New roots are trusted at once, even when the held leaf does not chain to
+                // them (the service is then not ready until a leaf that does arrives).
                 let fallback = match (source, self.cell.load()) {
-                    ("roots", Some(current)) => current.with_roots(roots, now).ok(),
+                    ("roots", Some(current)) => current.with_roots_keeping_leaf(roots, now).ok(),
                     _ => None,
                 };
-                if let Some(material) = fallback {
+                let mut message = message;
+                if let Some((material, stale)) = fallback {
                     let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
                     self.install(fetched, material, ids);
+                    if stale.is_some() {
+                        message.push_str(
+                            "; the new roots are trusted, and the service is not ready until a leaf that chains to them arrives",
+                        );
+                    }
                 }
                 self.record_error(fetched, "material", message);
             }
@@ -609,8 +617,9 @@ impl Shared {
         }
         telemetry::leaf_expiry(&self.name, material.not_after());
         tracing::info!(service = %self.name, serial = %material.serial(), "Connect material published");
+        let ready = material.leaf_chains();
         self.cell.store(material);
-        self.ready.send_replace(true);
+        self.ready.send_replace(ready);
         self.generation.send_modify(|g| *g += 1);
     }
 

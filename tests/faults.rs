@@ -915,6 +915,68 @@ async fn new_roots_are_trusted_even_after_a_rejected_leaf() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_the_held_leaf_does_not_chain_to_are_trusted_at_once_and_the_service_waits() {
+    let cap = capture("web").await;
+    let mock = MockAgent::start(
+        "web",
+        cap.roots_reply(cap.roots_index),
+        cap.leaf_reply(cap.leaf_index),
+    )
+    .await;
+    let web = mocked_service(&mock, "web").await;
+    let held_serial = web.status().leaf_serial.unwrap();
+
+    // Leaf renewal fails (as for a token that lost service:write), and the CA moves to a new
+    // root that the held leaf does not chain to.
+    mock.leaf
+        .set(Reply::status("denied", 403, "Permission denied"));
+    let next = TestCa::new(97);
+    let mut roots = cap.roots.clone();
+    roots.roots = vec![next.ca_root(true, &[])];
+    roots.active_root_id = roots.roots[0].id.clone();
+    mock.roots.set(Reply::json(
+        "new CA",
+        serde_json::to_string(&roots).unwrap(),
+        cap.roots_index + 1,
+    ));
+    let der = next.der.clone();
+    eventually(
+        Duration::from_secs(5),
+        "the new roots trusted at once",
+        || {
+            web.material()
+                .is_some_and(|m| m.root_certs() == std::slice::from_ref(&der))
+        },
+    )
+    .await;
+    let status = web.status();
+    assert!(!status.ready, "a leaf that does not chain is not ready");
+    assert_eq!(status.leaf_serial.as_deref(), Some(held_serial.as_str()));
+    assert!(!web.material().unwrap().leaf_chains());
+    let err = web
+        .ready_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a leaf valid under the roots"),
+        "{err}"
+    );
+
+    // A leaf from the new CA makes it ready again.
+    let renewed = next.leaf("web").leaf_cert();
+    mock.leaf.set(Reply::json(
+        "renewed",
+        leaf_json(&renewed),
+        cap.leaf_index + 1,
+    ));
+    web.ready_timeout(READY).await.unwrap();
+    let material = web.material().unwrap();
+    assert!(material.leaf_chains());
+    assert_eq!(material.serial(), renewed.serial_number);
+    assert_material_verifies(&web);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_error_clears_when_the_agent_answers_again() {
     let cap = capture("web").await;
     let mock = MockAgent::start(

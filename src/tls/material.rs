@@ -39,6 +39,9 @@ use crate::spiffe::{ServiceId, SpiffeId, TrustDomain};
 pub struct Material {
     roots: Arc<Roots>,
     leaf: Leaf,
+    /// False only after [`Material::with_roots_keeping_leaf`] took roots the held leaf does
+    /// not chain to.
+    leaf_chains: bool,
 }
 
 impl Material {
@@ -49,7 +52,11 @@ impl Material {
     pub fn new(roots: &CaRootList, leaf: &LeafCert, now: UnixTime) -> Result<Self, TlsError> {
         let roots = Arc::new(Roots::from_list(roots)?);
         let leaf = Leaf::from_api(leaf, &roots, now)?;
-        Ok(Self { roots, leaf })
+        Ok(Self {
+            roots,
+            leaf,
+            leaf_chains: true,
+        })
     }
 
     /// The same leaf under a new roots list, re-verified at `now`.
@@ -60,7 +67,54 @@ impl Material {
         let roots = Arc::new(Roots::from_list(roots)?);
         let service = self.leaf.id.service().to_owned();
         let leaf = Leaf::verified(self.leaf.certified_key.clone(), &service, &roots, now)?;
-        Ok(Self { roots, leaf })
+        Ok(Self {
+            roots,
+            leaf,
+            leaf_chains: true,
+        })
+    }
+
+    /// New roots trusted at once, the held leaf still presented even when it does not chain
+    /// to them (then [`leaf_chains`](Self::leaf_chains) is false, and the error says why).
+    ///
+    /// This is the policy of Consul's Go SDK: a roots list from the agent is what peers are
+    /// checked against from now on, whether or not our own leaf has been renewed yet. The
+    /// held leaf keeps being presented (peers not yet rotated still accept it) until a new
+    /// one arrives; a service holding such material is not ready. A roots list that is
+    /// unusable in itself (no roots, bad PEM) is refused as by [`Material::new`].
+    pub fn with_roots_keeping_leaf(
+        &self,
+        roots: &CaRootList,
+        now: UnixTime,
+    ) -> Result<(Self, Option<TlsError>), TlsError> {
+        let roots = Arc::new(Roots::from_list(roots)?);
+        let service = self.leaf.id.service().to_owned();
+        Ok(
+            match Leaf::verified(self.leaf.certified_key.clone(), &service, &roots, now) {
+                Ok(leaf) => (
+                    Self {
+                        roots,
+                        leaf,
+                        leaf_chains: true,
+                    },
+                    None,
+                ),
+                Err(e) => (
+                    Self {
+                        roots,
+                        leaf: self.leaf.clone(),
+                        leaf_chains: false,
+                    },
+                    Some(e),
+                ),
+            },
+        )
+    }
+
+    /// Whether the presented leaf verifies under the trusted roots. False only between a
+    /// roots change the leaf does not chain to and the arrival of a new leaf.
+    pub fn leaf_chains(&self) -> bool {
+        self.leaf_chains
     }
 
     /// A new leaf under the current roots, verified at `now`.
@@ -69,6 +123,7 @@ impl Material {
         Ok(Self {
             roots: self.roots.clone(),
             leaf,
+            leaf_chains: true,
         })
     }
 
@@ -133,6 +188,7 @@ impl fmt::Debug for Material {
             .field("chain_len", &self.leaf.certified_key.cert.len())
             .field("roots", &self.roots.ids)
             .field("trust_domains", &self.roots.trust_domains)
+            .field("leaf_chains", &self.leaf_chains)
             .finish_non_exhaustive()
     }
 }
@@ -270,7 +326,8 @@ impl Roots {
     }
 }
 
-/// Our own leaf, verified.
+/// Our own leaf, verified when it was built.
+#[derive(Clone)]
 struct Leaf {
     certified_key: Arc<CertifiedKey>,
     id: ServiceId,
