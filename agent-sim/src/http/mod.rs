@@ -21,9 +21,10 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::acl_rules::{Authorizer, DefaultPolicy};
+use crate::acl_versions::AclRules;
 use crate::cache::{ConnectCache, Partition};
 use crate::state::acl::AclError;
-use crate::state::{Blocking, Store, Table};
+use crate::state::{Blocking, Inner, Store, Table};
 
 /// Consul's longest blocking wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Resolved token authorizers, valid for one ACL table index.
     acl_cache: Arc<std::sync::Mutex<AclCache>>,
     allow_all: Arc<Authorizer>,
+    /// The ACL decisions of the emulated Consul version.
+    pub acl_rules: AclRules,
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +61,27 @@ impl AppState {
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
+            acl_rules: AclRules::default(),
         }
+    }
+
+    /// The same state deciding ACLs as `rules` (a Consul version's) say.
+    pub fn with_acl_rules(mut self, rules: AclRules) -> Self {
+        self.acl_rules = rules;
+        self
+    }
+
+    /// What `token` may do, resolved from state already under the store's lock (for reads
+    /// that re-run in the background, such as the agent cache's refreshes, which must see a
+    /// revoked or changed token the next time they run).
+    pub fn acl_in(&self, inner: &Inner, token: &RequestToken) -> Result<Arc<Authorizer>, AclError> {
+        let settings = &self.store.settings().acl;
+        if !settings.enabled {
+            return Ok(self.allow_all.clone());
+        }
+        Ok(Arc::new(
+            inner.acl.authorizer(&token.0, settings.default_policy)?,
+        ))
     }
 
     /// What the request's token may do. With ACLs off, everything. Resolved tokens are kept
