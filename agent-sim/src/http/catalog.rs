@@ -152,7 +152,10 @@ async fn register(
                 .find(|s| s.reg.id == id)
                 .map(|s| s.reg.name.clone())
         };
-        let replaced = [Some(id.as_str()), sidecar.as_ref().map(|(id, _)| id.as_str())];
+        let replaced = [
+            Some(id.as_str()),
+            sidecar.as_ref().map(|(id, _)| id.as_str()),
+        ];
         for name in replaced.into_iter().flatten().filter_map(existing) {
             require(acl.service_write(&name))?;
         }
@@ -318,7 +321,9 @@ async fn update_check(
             .map(|s| s.reg.name.clone())
             .ok_or_else(|| ApiError::Internal(format!("Unknown check {id:?}")))?;
         require(acl.service_write(&owner))?;
-        inner.catalog.update_check(&id, status, &output, index, now)?;
+        inner
+            .catalog
+            .update_check(&id, status, &output, index, now)?;
         changes.touch(Table::Services);
         Ok::<_, ApiError>(())
     })?;

@@ -180,11 +180,10 @@ async fn get_one(
         .store
         .read(|inner| inner.intentions.set().get(&id).cloned())
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.into()))?;
-    super::require(app.acl_rules.intention_read(
-        &acl,
-        &ixn.source_name,
-        &ixn.destination_name,
-    ))?;
+    super::require(
+        app.acl_rules
+            .intention_read(&acl, &ixn.source_name, &ixn.destination_name),
+    )?;
     Ok(Json::new(&ixn, &query).into_response())
 }
 
