@@ -4,8 +4,9 @@ mod acl;
 mod catalog;
 mod connect;
 mod intentions;
+mod limits;
 mod queries;
-mod server;
+pub(crate) mod server;
 
 pub(crate) use server::serve;
 
