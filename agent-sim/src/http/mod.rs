@@ -221,11 +221,7 @@ async fn limit_blocking(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let blocking = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("index=")));
-    if !blocking {
+    if !is_blocking(request.uri()) {
         return next.run(request).await;
     }
     let Some(_slot) = limits.acquire(peer.ip()) else {
@@ -236,6 +232,12 @@ async fn limit_blocking(
         );
     };
     next.run(request).await
+}
+
+/// Whether a request is a blocking query, as the handlers will read it: the decoded query
+/// string has `index` (`%69ndex=` is `index=` too).
+fn is_blocking(uri: &Uri) -> bool {
+    Query::from_uri(uri).has("index")
 }
 
 /// The full router.
@@ -640,5 +642,24 @@ fn go_json_error(e: serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected EOF".into(),
         _ => format!("invalid character: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_queries_are_counted_however_index_is_spelled() {
+        for uri in [
+            "/v1/health/service/db?index=5",
+            "/v1/health/service/db?%69ndex=5",
+            "/v1/health/service/db?passing&%69%6E%64%65%78=5&wait=1s",
+        ] {
+            assert!(is_blocking(&uri.parse().unwrap()), "{uri}");
+        }
+        assert!(!is_blocking(
+            &"/v1/health/service/db?reindex=5".parse().unwrap()
+        ));
     }
 }
