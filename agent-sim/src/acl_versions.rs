@@ -87,6 +87,7 @@ impl Default for AclRules {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::acl_rules::{DefaultPolicy, Policy};

@@ -237,7 +237,7 @@ impl Matrix {
     fn add(&mut self, literal: &str, placeholder: String) {
         if !literal.is_empty() {
             self.known.push((literal.to_owned(), placeholder));
-            self.known.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.known.sort_by_key(|k| std::cmp::Reverse(k.0.len()));
         }
     }
 

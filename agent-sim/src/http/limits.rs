@@ -88,6 +88,7 @@ pub(crate) async fn spoke_in_time(stream: &tokio::net::TcpStream, timeout: Durat
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
