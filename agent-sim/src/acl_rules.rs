@@ -66,8 +66,8 @@
 //!
 //! All rule kinds are validated: `acl`, `agent`, `key`, `node`, `service`, `session`,
 //! `event` and `query` (each with its `_prefix` form), plus `keyring` and `operator`. The
-//! module keeps `service`, `node`, `agent`, `acl` and `operator` rules and drops the rest after
-//! validating them.
+//! module keeps `service`, `node`, `agent`, `query`, `acl` and `operator` rules and drops the
+//! rest after validating them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -232,6 +232,8 @@ pub struct Policy {
     node_prefixes: Vec<NamedRule>,
     agents: Vec<NamedRule>,
     agent_prefixes: Vec<NamedRule>,
+    queries: Vec<NamedRule>,
+    query_prefixes: Vec<NamedRule>,
 }
 
 impl Policy {
@@ -303,6 +305,16 @@ impl Policy {
     /// The `agent_prefix "prefix"` rules.
     pub fn agent_prefixes(&self) -> &[NamedRule] {
         &self.agent_prefixes
+    }
+
+    /// The exact `query "name"` rules (prepared queries).
+    pub fn queries(&self) -> &[NamedRule] {
+        &self.queries
+    }
+
+    /// The `query_prefix "prefix"` rules.
+    pub fn query_prefixes(&self) -> &[NamedRule] {
+        &self.query_prefixes
     }
 }
 
@@ -388,6 +400,7 @@ pub struct Authorizer {
     services: RuleTable<MergedService>,
     nodes: RuleTable<Access>,
     agents: RuleTable<Access>,
+    queries: RuleTable<Access>,
     acl: Option<Access>,
     operator: Option<Access>,
 }
@@ -404,6 +417,7 @@ impl Authorizer {
             services: RuleTable::default(),
             nodes: RuleTable::default(),
             agents: RuleTable::default(),
+            queries: RuleTable::default(),
             acl: None,
             operator: None,
         };
@@ -416,8 +430,15 @@ impl Authorizer {
             merge_named(&mut authz.nodes.prefix, &policy.node_prefixes);
             merge_named(&mut authz.agents.exact, &policy.agents);
             merge_named(&mut authz.agents.prefix, &policy.agent_prefixes);
+            merge_named(&mut authz.queries.exact, &policy.queries);
+            merge_named(&mut authz.queries.prefix, &policy.query_prefixes);
         }
         authz
+    }
+
+    /// A token that may do nothing: no rules over `default_policy = deny`.
+    pub fn deny_all() -> Authorizer {
+        Authorizer::new([], DefaultPolicy::Deny, false)
     }
 
     /// Whether this is a management token.
@@ -525,6 +546,28 @@ impl Authorizer {
     /// `agent:write` on `node`.
     pub fn agent_write(&self, node: &str) -> bool {
         self.agent_access(node).allows_write()
+    }
+
+    /// The access on prepared queries named `prefix` (Consul checks a query's name as its ACL
+    /// prefix; queries without a name have none).
+    pub fn query_access(&self, prefix: &str) -> Access {
+        if self.management {
+            return Access::Write;
+        }
+        self.queries
+            .lookup(prefix)
+            .copied()
+            .unwrap_or(self.default_policy.access())
+    }
+
+    /// `query:read` on `prefix` (listing and reading prepared queries).
+    pub fn query_read(&self, prefix: &str) -> bool {
+        self.query_access(prefix).allows_read()
+    }
+
+    /// `query:write` on `prefix` (creating, updating, deleting prepared queries).
+    pub fn query_write(&self, prefix: &str) -> bool {
+        self.query_access(prefix).allows_write()
     }
 
     /// The `operator` access: the merged rule, else the default.
@@ -850,6 +893,8 @@ impl RawPolicy {
                     Kind::NodePrefix => policy.node_prefixes.push(named()),
                     Kind::Agent => policy.agents.push(named()),
                     Kind::AgentPrefix => policy.agent_prefixes.push(named()),
+                    Kind::Query => policy.queries.push(named()),
+                    Kind::QueryPrefix => policy.query_prefixes.push(named()),
                     _ => {}
                 }
             }

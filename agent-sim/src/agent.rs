@@ -52,9 +52,16 @@ pub struct AgentBuilder {
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
+    acl_rules: crate::acl_versions::AclRules,
 }
 
 impl AgentBuilder {
+    /// Decide the version-dependent ACL questions as this Consul version does (default 1.4.5).
+    pub fn acl_rules(mut self, rules: crate::acl_versions::AclRules) -> Self {
+        self.acl_rules = rules;
+        self
+    }
+
     /// Keep state in `dir` (CA key and roots, intentions, services, ACLs), saved before each
     /// write is acknowledged and loaded at start. Without it the agent is in-memory (`--dev`).
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
@@ -158,7 +165,8 @@ impl AgentBuilder {
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let ttl_checks = crate::ttl::start(store.clone());
-        let app = router(AppState::new(store.clone(), cache.clone()));
+        let app =
+            router(AppState::new(store.clone(), cache.clone()).with_acl_rules(self.acl_rules));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             crate::http::serve(listener, app, async {
@@ -202,6 +210,7 @@ impl Agent {
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
+            acl_rules: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod acl_rules;
+pub mod acl_versions;
 pub mod agent;
 pub mod ca;
 pub mod cache;

@@ -22,6 +22,9 @@ const TOKEN_FIELDS: &[&str] = &[
     "Name",
 ];
 
+/// What Consul shows instead of a secret the caller may not see.
+const HIDDEN: &str = "<hidden>";
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/acl/bootstrap", allow(put(bootstrap), "PUT"))
@@ -196,11 +199,17 @@ async fn read_token(
     token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    acl_read(&app, &token)?;
-    let found = app
+    enabled(&app)?;
+    let acl = app.acl(&token)?;
+    require(acl.acl_read())?;
+    let mut found = app
         .store
         .read(|inner| inner.acl.token(&accessor).cloned())
         .ok_or(AclError::NotFound)?;
+    // Consul shows a token's secret only to tokens that may write ACLs.
+    if !acl.acl_write() {
+        found.secret_id = HIDDEN.to_owned();
+    }
     Ok(Json::new(&found, &query).into_response())
 }
 
@@ -210,6 +219,10 @@ async fn token_self(
     query: Query,
 ) -> Result<Response, ApiError> {
     enabled(&app)?;
+    // No token is not the anonymous token here: Consul looks the secret up and finds none.
+    if token.0.is_empty() {
+        return Err(AclError::NotFound.into());
+    }
     let found = app
         .store
         .read(|inner| inner.acl.token_by_secret(&token.0).cloned())

@@ -10,9 +10,11 @@ use consul_connect_types::api::ServiceRegistration;
 use serde_json::json;
 
 use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};
+use crate::acl_rules::Authorizer;
 use crate::cache::{wait_for, CachedBody};
 use crate::state::catalog::{CatalogError, ServiceFilter};
 use crate::state::Table;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Field names of a registration and its nested objects, for Go-style case-insensitive
@@ -70,6 +72,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/agent/check/warn/{id}", allow(put(check_warn), "PUT"))
         .route("/v1/agent/check/fail/{id}", allow(put(check_fail), "PUT"))
         .route(
+            "/v1/agent/check/update/{id}",
+            allow(put(check_update), "PUT"),
+        )
+        .route("/v1/catalog/services", allow(get(catalog_services), "GET"))
+        .route(
             "/v1/catalog/service/{name}",
             allow(get(catalog_service), "GET"),
         )
@@ -108,8 +115,50 @@ async fn register(
     if let Some(proxy) = reg.proxy.as_ref().filter(|_| reg.kind == "connect-proxy") {
         require(acl.service_write(&proxy.destination_service_name))?;
     }
+    let id = if reg.id.is_empty() {
+        reg.name.clone()
+    } else {
+        reg.id.clone()
+    };
+    // The sidecar is registered too, so Consul vets it as a registration of its own.
+    let sidecar = reg
+        .connect
+        .as_ref()
+        .and_then(|c| c.sidecar_service.as_deref())
+        .map(|s| {
+            let id = if s.id.is_empty() {
+                format!("{id}-sidecar-proxy")
+            } else {
+                s.id.clone()
+            };
+            let name = if s.name.is_empty() {
+                format!("{}-sidecar-proxy", reg.name)
+            } else {
+                s.name.clone()
+            };
+            (id, name)
+        });
+    if let Some((_, name)) = &sidecar {
+        require(acl.service_write(name))?;
+    }
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
+        // Whatever a registration replaces must be writable too (Consul's
+        // `vetServiceRegister` checks the existing instance's name).
+        let existing = |id: &str| {
+            inner
+                .catalog
+                .services()
+                .find(|s| s.reg.id == id)
+                .map(|s| s.reg.name.clone())
+        };
+        let replaced = [
+            Some(id.as_str()),
+            sidecar.as_ref().map(|(id, _)| id.as_str()),
+        ];
+        for name in replaced.into_iter().flatten().filter_map(existing) {
+            require(acl.service_write(&name))?;
+        }
         inner.catalog.register(reg, index, now)?;
         changes.touch(Table::Services);
         Ok::<_, ApiError>(())
@@ -157,8 +206,13 @@ async fn agent_services(
     Ok(Json::new(&services, &query).into_response())
 }
 
-async fn agent_self(State(app): State<AppState>, query: Query) -> Response {
+async fn agent_self(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
     let s = app.store.settings();
+    require(app.acl(&token)?.agent_read(&s.node_name))?;
     let body = json!({
         "Config": {
             "Datacenter": s.datacenter,
@@ -189,47 +243,119 @@ async fn agent_self(State(app): State<AppState>, query: Query) -> Response {
         "Stats": {},
         "Meta": {"consul-network-segment": ""},
     });
-    Json::new(&body, &query).into_response()
+    Ok(Json::new(&body, &query).into_response())
 }
 
 async fn check_pass(
     app: State<AppState>,
     id: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<StatusCode, ApiError> {
-    update_check(app, id, query, "passing").await
+    let note = query.get("note").unwrap_or("").to_owned();
+    update_check(app, id, token, "passing", note).await
 }
 
 async fn check_warn(
     app: State<AppState>,
     id: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<StatusCode, ApiError> {
-    update_check(app, id, query, "warning").await
+    let note = query.get("note").unwrap_or("").to_owned();
+    update_check(app, id, token, "warning", note).await
 }
 
 async fn check_fail(
     app: State<AppState>,
     id: Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<StatusCode, ApiError> {
-    update_check(app, id, query, "critical").await
+    let note = query.get("note").unwrap_or("").to_owned();
+    update_check(app, id, token, "critical", note).await
 }
 
+/// The body of `PUT /v1/agent/check/update/:id`.
+#[derive(serde::Deserialize)]
+struct CheckUpdate {
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Output", default)]
+    output: String,
+}
+
+async fn check_update(
+    app: State<AppState>,
+    id: Path<String>,
+    token: RequestToken,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let update: CheckUpdate = decode_body(&body, &["Status", "Output"])
+        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    if !matches!(update.status.as_str(), "passing" | "warning" | "critical") {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid check status: '{}'",
+            update.status
+        )));
+    }
+    update_check(app, id, token, &update.status, update.output).await
+}
+
+/// Sets a TTL check's status after Consul's `vetCheckUpdate`: `service:write` on the check's
+/// service (agent-sim has no node checks).
 async fn update_check(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    query: Query,
+    token: RequestToken,
     status: &str,
+    output: String,
 ) -> Result<StatusCode, ApiError> {
-    let note = query.get("note").unwrap_or("");
+    let acl = app.acl(&token)?;
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
-        inner.catalog.update_check(&id, status, note, index, now)?;
+        let owner = inner
+            .catalog
+            .services()
+            .find(|s| s.checks.iter().any(|c| c.id == id))
+            .map(|s| s.reg.name.clone())
+            .ok_or_else(|| ApiError::Internal(format!("Unknown check {id:?}")))?;
+        require(acl.service_write(&owner))?;
+        inner
+            .catalog
+            .update_check(&id, status, &output, index, now)?;
         changes.touch(Table::Services);
         Ok::<_, ApiError>(())
     })?;
     Ok(StatusCode::OK)
+}
+
+/// `GET /v1/catalog/services`: every service name the token may read, with its tags. The
+/// server's own `consul` service is listed as a Consul server lists it.
+async fn catalog_services(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let blocking = query.blocking()?;
+    query.datacenter(&app.store)?;
+    let acl = app.acl(&token)?;
+    let (index, services) = app
+        .store
+        .block(Table::Services, blocking, |inner| {
+            let mut services: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            services.insert("consul".into(), BTreeSet::new());
+            for s in inner.catalog.services() {
+                services
+                    .entry(s.reg.name.clone())
+                    .or_default()
+                    .extend(s.reg.tags.iter().flatten().cloned());
+            }
+            services.retain(|name, _| acl.service_read(name));
+            (inner.table_index(Table::Services), services)
+        })
+        .await;
+    Ok(Json::new(&services, &query).meta(index).into_response())
 }
 
 /// Which listing a discovery request asks for.
@@ -295,7 +421,9 @@ async fn discovery(
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     };
-    let acl = app.acl(&token)?;
+    // Resolved now so an unknown token is refused at once; a `?cached` entry resolves the
+    // token again on each refresh (below), as Consul's agent cache does.
+    let request_acl = app.acl(&token)?;
     let consistency = if query.has("stale") {
         "stale"
     } else {
@@ -303,8 +431,18 @@ async fn discovery(
     };
     let clock = app.store.clock().clone();
     let key = format!("{listing:?}/{connect}/{name}/{filter:?}");
+    let cached = query.has("cached");
+    let resolver = (app.clone(), token.clone());
     let read = move |inner: &crate::state::Inner| {
         let now = clock.now();
+        let acl = if cached {
+            // A token revoked or changed since the entry was filled sees nothing it lost.
+            let (app, token) = &resolver;
+            app.acl_in(inner, token)
+                .unwrap_or_else(|_| std::sync::Arc::new(Authorizer::deny_all()))
+        } else {
+            request_acl.clone()
+        };
         match listing {
             Listing::Catalog => {
                 let mut items = inner.catalog.catalog_services(&name, &filter, now);

@@ -123,7 +123,7 @@ async fn ca_config(
     token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    super::require(app.acl(&token)?.operator_read())?;
+    super::require(app.acl_rules.ca_config_read(&*app.acl(&token)?))?;
     let config = app.store.read(|inner| inner.ca.config_view());
     Ok(Json::new(&config, &query).into_response())
 }

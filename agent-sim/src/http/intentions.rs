@@ -92,6 +92,7 @@ async fn list(
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
     let acl = app.acl(&token)?;
+    let rules = app.acl_rules;
     let (index, list) = app
         .store
         .block(Table::Intentions, blocking, |inner| {
@@ -100,7 +101,7 @@ async fn list(
                 .set()
                 .all_sorted()
                 .into_iter()
-                .filter(|i| acl.intention_read(&i.destination_name))
+                .filter(|i| rules.intention_read(&acl, &i.source_name, &i.destination_name))
                 .cloned()
                 .collect();
             (inner.table_index(Table::Intentions), list)
@@ -179,7 +180,10 @@ async fn get_one(
         .store
         .read(|inner| inner.intentions.set().get(&id).cloned())
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.into()))?;
-    super::require(acl.intention_read(&ixn.destination_name))?;
+    super::require(
+        app.acl_rules
+            .intention_read(&acl, &ixn.source_name, &ixn.destination_name),
+    )?;
     Ok(Json::new(&ixn, &query).into_response())
 }
 
@@ -354,7 +358,10 @@ async fn exact_get(
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, false)?;
-    super::require(app.acl(&token)?.intention_read(&dst.1))?;
+    super::require(
+        app.acl_rules
+            .intention_read(&*app.acl(&token)?, &src.1, &dst.1),
+    )?;
     let ixn = app
         .store
         .read(|inner| find_exact(inner.intentions.set(), &src, &dst))

@@ -4,8 +4,9 @@ mod acl;
 mod catalog;
 mod connect;
 mod intentions;
+mod limits;
 mod queries;
-mod server;
+pub(crate) mod server;
 
 pub(crate) use server::serve;
 
@@ -21,9 +22,10 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::acl_rules::{Authorizer, DefaultPolicy};
+use crate::acl_versions::AclRules;
 use crate::cache::{ConnectCache, Partition};
 use crate::state::acl::AclError;
-use crate::state::{Blocking, Store, Table};
+use crate::state::{Blocking, Inner, Store, Table};
 
 /// Consul's longest blocking wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -42,6 +44,8 @@ pub struct AppState {
     /// Resolved token authorizers, valid for one ACL table index.
     acl_cache: Arc<std::sync::Mutex<AclCache>>,
     allow_all: Arc<Authorizer>,
+    /// The ACL decisions of the emulated Consul version.
+    pub acl_rules: AclRules,
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +62,27 @@ impl AppState {
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
+            acl_rules: AclRules::default(),
         }
+    }
+
+    /// The same state deciding ACLs as `rules` (a Consul version's) say.
+    pub fn with_acl_rules(mut self, rules: AclRules) -> Self {
+        self.acl_rules = rules;
+        self
+    }
+
+    /// What `token` may do, resolved from state already under the store's lock (for reads
+    /// that re-run in the background, such as the agent cache's refreshes, which must see a
+    /// revoked or changed token the next time they run).
+    pub fn acl_in(&self, inner: &Inner, token: &RequestToken) -> Result<Arc<Authorizer>, AclError> {
+        let settings = &self.store.settings().acl;
+        if !settings.enabled {
+            return Ok(self.allow_all.clone());
+        }
+        Ok(Arc::new(
+            inner.acl.authorizer(&token.0, settings.default_policy)?,
+        ))
     }
 
     /// What the request's token may do. With ACLs off, everything. Resolved tokens are kept
@@ -197,11 +221,7 @@ async fn limit_blocking(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let blocking = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("index=")));
-    if !blocking {
+    if !is_blocking(request.uri()) {
         return next.run(request).await;
     }
     let Some(_slot) = limits.acquire(peer.ip()) else {
@@ -212,6 +232,12 @@ async fn limit_blocking(
         );
     };
     next.run(request).await
+}
+
+/// Whether a request is a blocking query, as the handlers will read it: the decoded query
+/// string has `index` (`%69ndex=` is `index=` too).
+fn is_blocking(uri: &Uri) -> bool {
+    Query::from_uri(uri).has("index")
 }
 
 /// The full router.
@@ -616,5 +642,25 @@ fn go_json_error(e: serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected EOF".into(),
         _ => format!("invalid character: {e}"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_queries_are_counted_however_index_is_spelled() {
+        for uri in [
+            "/v1/health/service/db?index=5",
+            "/v1/health/service/db?%69ndex=5",
+            "/v1/health/service/db?passing&%69%6E%64%65%78=5&wait=1s",
+        ] {
+            assert!(is_blocking(&uri.parse().unwrap()), "{uri}");
+        }
+        assert!(!is_blocking(
+            &"/v1/health/service/db?reindex=5".parse().unwrap()
+        ));
     }
 }

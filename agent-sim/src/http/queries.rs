@@ -8,7 +8,8 @@ use axum::Router;
 use consul_connect_types::api::{PreparedQuery, PreparedQueryResult};
 use serde_json::json;
 
-use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
+use super::{allow, decode_body, require, ApiError, AppState, Json, Query, RequestToken};
+use crate::acl_rules::Authorizer;
 use crate::cache::CachedBody;
 use crate::state::catalog::ServiceFilter;
 use crate::state::queries::QueryError;
@@ -36,13 +37,30 @@ impl From<QueryError> for ApiError {
     }
 }
 
+/// The name Consul checks prepared-query ACLs on: the query's name; a query without one has
+/// no ACL prefix (`GetACLPrefix`).
+fn acl_prefix(q: &PreparedQuery) -> Option<&str> {
+    (!q.name.is_empty()).then_some(q.name.as_str())
+}
+
+/// Whether `acl` may see `q` in a listing or a read (Consul's `filterPreparedQueries`: ACL
+/// write sees every query, others need `query:read` on its name).
+fn may_read(acl: &Authorizer, q: &PreparedQuery) -> bool {
+    acl.acl_write() || acl_prefix(q).is_some_and(|p| acl.query_read(p))
+}
+
 async fn create(
     State(app): State<AppState>,
+    token: RequestToken,
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let definition: PreparedQuery = decode_body(&body, QUERY_FIELDS)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let acl = app.acl(&token)?;
+    if let Some(prefix) = acl_prefix(&definition) {
+        require(acl.query_write(prefix))?;
+    }
     let id = app.store.write(|inner, index, changes| {
         let id = inner.queries.create(definition, index)?;
         changes.touch(Table::Queries);
@@ -51,28 +69,55 @@ async fn create(
     Ok(Json::new(&json!({ "ID": id }), &query).into_response())
 }
 
-async fn list(State(app): State<AppState>, query: Query) -> Response {
+async fn list(
+    State(app): State<AppState>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
     let (index, all) = app.store.read(|inner| {
-        let all: Vec<PreparedQuery> = inner.queries.all().cloned().collect();
+        let all: Vec<PreparedQuery> = inner
+            .queries
+            .all()
+            .filter(|q| may_read(&acl, q))
+            .cloned()
+            .collect();
         (inner.table_index(Table::Queries), all)
     });
-    Json::new(&all, &query).meta(index).into_response()
+    Ok(Json::new(&all, &query).meta(index).into_response())
 }
 
 async fn read(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
     let found = app
         .store
         .read(|inner| inner.queries.find(&id).filter(|q| q.id == id).cloned())
         .ok_or(QueryError::NotFound)?;
+    // A query that exists but is filtered out is a denial, not a 404.
+    require(may_read(&acl, &found))?;
     Ok(Json::new(&[found], &query).into_response())
 }
 
-async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    token: RequestToken,
+) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
     app.store.write(|inner, _, changes| {
+        let stored = inner
+            .queries
+            .find(&id)
+            .filter(|q| q.id == id)
+            .ok_or(QueryError::NotFound)?;
+        if let Some(prefix) = acl_prefix(stored) {
+            require(acl.query_write(prefix))?;
+        }
         inner.queries.delete(&id)?;
         changes.touch(Table::Queries);
         Ok::<_, ApiError>(())
@@ -110,7 +155,8 @@ async fn execute(
                 .catalog
                 .health_services(&definition.service.service, &filter, now)
                 .into_iter()
-                .filter(|e| acl.service_read(&e.service.service))
+                // Consul's `filterCheckServiceNodes`: node and service must be readable.
+                .filter(|e| acl.service_read(&e.service.service) && acl.node_read(&e.node.node))
                 .filter(|e| {
                     let has = |t: &str| {
                         e.service

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use poll_again::PollAgain;
@@ -25,10 +25,33 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_service::Service;
 
+use super::limits;
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// their requests. Dropping (aborting) the returned future ends every connection at once.
 pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = limits::ConnLimits::new(
+        limits::MAX_CONNS_PER_CLIENT,
+        limits::MAX_CONNS,
+        limits::HEADER_READ_TIMEOUT,
+    );
+    serve_with(listener, app, shutdown, limits).await;
+}
+
+/// [`serve`] with the given connection limits.
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    conn_limits: Arc<limits::ConnLimits>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(conn_limits.header_timeout);
+    let builder = Arc::new(builder);
+    let header_timeout = conn_limits.header_timeout;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -44,15 +67,19 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
                         continue;
                     }
                 };
+                // Over the per-client or total cap: closed at once.
+                let Some(permit) = conn_limits.admit(peer.ip()) else { continue };
                 // Small requests and answers: do not let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
-                let (stream, closing) = LingeringStream::new(stream);
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service(&app, peer))
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let (builder, service, watcher) = (builder.clone(), service(&app, peer), graceful.watcher());
                 connections.spawn(PollAgain::new(async move {
-                    if let Err(e) = connection.await {
+                    let _permit = permit;
+                    if !limits::spoke_in_time(&stream, header_timeout).await {
+                        return;
+                    }
+                    let (stream, closing) = LingeringStream::new(stream);
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection).await {
                         tracing::debug!(%peer, error = %e, "agent-sim: connection ended");
                     }
                     closing.linger().await;

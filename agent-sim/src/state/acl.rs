@@ -233,8 +233,10 @@ impl AclState {
         if !valid_name(&policy.name) {
             return invalid("Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are allowed".into());
         }
+        // Consul returns the rules error as it is (`Invalid service policy: ...`, or `Failed
+        // to parse ACL rules: ...` for syntax), without a prefix of its own.
         if let Err(e) = Policy::parse(&policy.rules) {
-            return invalid(format!("Failed to parse policy: {e}"));
+            return invalid(e.to_string());
         }
         let clash = self
             .policies

@@ -304,6 +304,9 @@ impl Store {
         let mut changes = Changes::default();
         let touched = {
             let mut inner = self.lock();
+            // With a data dir, what to go back to if the write cannot be saved: a write is
+            // either durable and visible, or neither.
+            let before = self.data_dir.as_ref().map(|_| Rollback::of(&inner));
             let index = inner.next_index();
             let result = f(&mut inner, index, &mut changes);
             if changes.tables.is_empty() && inner.index == index {
@@ -317,11 +320,17 @@ impl Store {
             }
             let touched: Vec<_> = changes.tables.iter().map(|t| (*t, last)).collect();
             let must_save = !touched.is_empty() || inner.index >= inner.reserved_index;
-            let result = match result {
-                Ok(r) if must_save && self.data_dir.is_some() => {
-                    self.save(&mut inner).map(|()| r).map_err(E::from)
-                }
-                other => other,
+            let (result, touched) = match result {
+                Ok(r) if must_save && self.data_dir.is_some() => match self.save(&mut inner) {
+                    Ok(()) => (Ok(r), touched),
+                    Err(e) => {
+                        if let Some(before) = before {
+                            before.restore(&mut inner, &self.settings, self.clock.now());
+                        }
+                        (Err(E::from(e)), Vec::new())
+                    }
+                },
+                other => (other, touched),
             };
             (result, touched)
         };
@@ -391,6 +400,38 @@ impl Store {
     }
 }
 
+/// The state before a write, to restore when the write cannot be saved.
+struct Rollback {
+    snapshot: persist::Snapshot,
+    index: u64,
+    reserved_index: u64,
+    table_index: [u64; Table::ALL.len()],
+}
+
+impl Rollback {
+    fn of(inner: &Inner) -> Self {
+        Self {
+            snapshot: inner.snapshot(),
+            index: inner.index,
+            reserved_index: inner.reserved_index,
+            table_index: inner.table_index,
+        }
+    }
+
+    /// Puts `inner` back as it was (as a restart from the last save would).
+    fn restore(self, inner: &mut Inner, settings: &StoreSettings, now: time::OffsetDateTime) {
+        match Inner::restore(settings, self.snapshot, now) {
+            Ok(mut restored) => {
+                restored.index = self.index;
+                restored.reserved_index = self.reserved_index;
+                restored.table_index = self.table_index;
+                *inner = restored;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot roll back an unsaved write"),
+        }
+    }
+}
+
 /// The tables a write changed.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -403,5 +444,59 @@ impl Changes {
         if !self.tables.contains(&table) {
             self.tables.push(table);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A write whose save fails is not left in effect: it answers an error and the state is
+    /// as before (it used to stay visible until a restart, then vanish).
+    #[test]
+    fn a_write_that_cannot_be_saved_is_undone() {
+        let dir = std::env::temp_dir().join(format!("agent-sim-store-{}", uuid::Uuid::new_v4()));
+        let settings = StoreSettings {
+            datacenter: "dc1".into(),
+            node_name: "node1".into(),
+            node_id: "00000000-0000-0000-0000-000000000002".into(),
+            node_address: "127.0.0.1".into(),
+            ca: Default::default(),
+            acl: Default::default(),
+        };
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::new());
+        let store = Store::open(settings, clock.clone(), Some(&dir)).unwrap();
+        let register = |id: &str| {
+            let reg: consul_connect_types::api::ServiceRegistration =
+                serde_json::from_value(serde_json::json!({"ID": id, "Name": id, "Port": 1}))
+                    .unwrap();
+            store.write(|inner, index, changes| {
+                inner.catalog.register(reg, index, clock.now()).unwrap();
+                changes.touch(Table::Services);
+                Ok::<_, persist::PersistError>(())
+            })
+        };
+        let ids = |store: &Store| {
+            store.read(|inner| {
+                inner
+                    .catalog
+                    .services()
+                    .map(|s| s.reg.id.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        register("web").unwrap();
+        let services_index = store.current_index(Table::Services);
+        // The save cannot happen: its temp file's name is taken by a directory.
+        let blocker = dir.join("state.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(register("db").is_err());
+        assert_eq!(ids(&store), ["web"]);
+        assert_eq!(store.current_index(Table::Services), services_index);
+        std::fs::remove_dir(&blocker).unwrap();
+        register("api").unwrap();
+        assert_eq!(ids(&store), ["api", "web"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -198,8 +198,16 @@ impl DataDir {
                 io::Error::new(io::ErrorKind::InvalidData, e),
             )
         })?;
+        // A temp file left by a crash (or planted: a symlink, a 0644 file) is never reused:
+        // it is removed, and the new one created exclusively, owner-only. A symlink planted
+        // between the two makes the exclusive create fail rather than be followed.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&tmp, "remove stale", e)),
+        }
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -214,5 +222,61 @@ impl DataDir {
             .and_then(|d| d.sync_all())
             .map_err(|e| err(&self.dir, "fsync", e))?;
         Ok(())
+    }
+}
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn snapshot(dir: &Path) -> Snapshot {
+        // The smallest real snapshot: a fresh store's.
+        let settings = crate::state::StoreSettings {
+            datacenter: "dc1".into(),
+            node_name: "node1".into(),
+            node_id: "00000000-0000-0000-0000-000000000002".into(),
+            node_address: "127.0.0.1".into(),
+            ca: Default::default(),
+            acl: Default::default(),
+        };
+        let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
+        crate::state::Store::open(settings, clock, Some(dir)).expect("store");
+        let bytes = fs::read(dir.join(STATE_FILE)).expect("saved");
+        serde_json::from_slice(&bytes).expect("parse")
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_stale_world_readable_temp_file_does_not_leak_the_state() {
+        let dir = std::env::temp_dir().join(format!("agent-sim-persist-{}", uuid::Uuid::new_v4()));
+        let snap = snapshot(&dir);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        fs::write(&tmp, b"stale").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        DataDir { dir: dir.clone() }.save(&snap).unwrap();
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("agent-sim-persist-{}", uuid::Uuid::new_v4()));
+        let snap = snapshot(&dir);
+        let victim = dir.join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!("{STATE_FILE}.tmp"))).unwrap();
+        DataDir { dir: dir.clone() }.save(&snap).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(!fs::symlink_metadata(dir.join(STATE_FILE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
