@@ -133,6 +133,7 @@ async fn main() -> ExitCode {
     if let Some(token) = cli.acl_initial_management_token.or(file.management_token) {
         builder = builder.acl_initial_management_token(token);
     }
+    let shutdown = shutdown_signal();
     let agent = match builder.start().await {
         Ok(agent) => agent,
         Err(e) => {
@@ -141,30 +142,35 @@ async fn main() -> ExitCode {
         }
     };
     println!("agent-sim HTTP API listening on http://{}", agent.addr());
-    shutdown_signal().await;
+    shutdown.await;
     agent.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGTERM and SIGINT at once (before the agent serves, so a signal right after
+/// startup is not fatal) and resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -236,8 +236,10 @@ impl ClientCertVerifier for ClientVerifier {
                 tracing::debug!(peer = %peer.service_id(), serial = peer.serial(), "client certificate accepted");
                 Ok(ClientCertVerified::assertion())
             }
+            // Debug only: the accepting side (ConnectAcceptor, and so ConnectListener) reports
+            // each refusal once, with the peer.
             Err(error @ VerifyError::Unauthorized { .. }) => {
-                tracing::info!(%error, "client refused by the handshake authorizer");
+                tracing::debug!(%error, "client refused by the handshake authorizer");
                 // A real deny: the client gets `access_denied`. That rustls error carries no
                 // detail, so the refusal is recorded for the server's reports.
                 super::refusal::record_refusal(&error);
@@ -246,7 +248,7 @@ impl ClientCertVerifier for ClientVerifier {
                 ))
             }
             Err(error) => {
-                tracing::warn!(%error, "client certificate refused");
+                tracing::debug!(%error, "client certificate refused");
                 Err(error.into())
             }
         }
