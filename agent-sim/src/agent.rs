@@ -52,9 +52,16 @@ pub struct AgentBuilder {
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
+    version: crate::profile::ConsulVersion,
 }
 
 impl AgentBuilder {
+    /// The Consul version to answer as (default: the newest emulated, 1.10.9).
+    pub fn consul_version(mut self, version: crate::profile::ConsulVersion) -> Self {
+        self.version = version;
+        self
+    }
+
     /// Keep state in `dir` (CA key and roots, intentions, services, ACLs), saved before each
     /// write is acknowledged and loaded at start. Without it the agent is in-memory (`--dev`).
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
@@ -153,6 +160,7 @@ impl AgentBuilder {
             node_address: addr.ip().to_string(),
             ca: self.ca,
             acl: self.acl,
+            version: self.version,
         };
         let store = Arc::new(Store::open(settings, self.clock, self.data_dir.as_deref())?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
@@ -202,6 +210,7 @@ impl Agent {
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
+            version: Default::default(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
     /// Intentions.
     pub intentions: Vec<Intention>,
+    /// Config entries (1.9+ profiles); the intentions above are derived from them.
+    #[serde(default)]
+    pub config_entries: Vec<consul_connect_types::api::ConfigEntry>,
     /// ACL state.
     pub acl: AclSnapshot,
     /// Prepared queries.
