@@ -64,7 +64,9 @@ impl FromStr for ConsulVersion {
         ConsulVersion::ALL
             .into_iter()
             .find(|v| v.profile().version == s)
-            .ok_or_else(|| UnknownVersion { given: s.to_owned() })
+            .ok_or_else(|| UnknownVersion {
+                given: s.to_owned(),
+            })
     }
 }
 
@@ -85,7 +87,11 @@ impl MultiError {
         match self {
             MultiError::V0 => {
                 let items: Vec<String> = errors.iter().map(|e| format!("* {e}")).collect();
-                format!("{} error(s) occurred:\n\n{}", errors.len(), items.join("\n"))
+                format!(
+                    "{} error(s) occurred:\n\n{}",
+                    errors.len(),
+                    items.join("\n")
+                )
             }
             MultiError::V1 => {
                 let head = match errors.len() {
@@ -195,7 +201,12 @@ mod tests {
 
     #[test]
     fn multierror_formats_as_captured() {
-        let two = || ["SourceName must be set".into(), "DestinationName must be set".into()];
+        let two = || {
+            [
+                "SourceName must be set".into(),
+                "DestinationName must be set".into(),
+            ]
+        };
         assert_eq!(
             MultiError::V1.format(two()),
             "2 errors occurred:\n\t* SourceName must be set\n\t* DestinationName must be set\n\n"

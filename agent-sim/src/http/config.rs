@@ -107,7 +107,10 @@ fn decode_error(m: impl std::fmt::Display) -> ApiError {
 
 /// Decodes a config entry as Consul does: keys in any case or snake_case, unknown keys and
 /// enterprise fields refused with Consul's texts.
-pub(crate) fn decode_entry(body: &[u8], profile: &crate::profile::Profile) -> Result<ConfigEntry, ApiError> {
+pub(crate) fn decode_entry(
+    body: &[u8],
+    profile: &crate::profile::Profile,
+) -> Result<ConfigEntry, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(decode_error("EOF"));
     }
@@ -131,7 +134,8 @@ pub(crate) fn decode_entry(body: &[u8], profile: &crate::profile::Profile) -> Re
             if let Some(Value::Array(sources)) = map.get_mut("Sources") {
                 for (i, s) in sources.iter_mut().enumerate() {
                     if let Value::Object(m) = std::mem::take(s) {
-                        let mut m = canonical(m, SOURCE_FIELDS, &format!("Sources[{i}]."), &mut errors);
+                        let mut m =
+                            canonical(m, SOURCE_FIELDS, &format!("Sources[{i}]."), &mut errors);
                         if let Some(p) = m.remove("Permissions") {
                             m.insert(
                                 "Permissions".into(),
@@ -259,10 +263,9 @@ async fn read(
     match entry {
         Some(entry) => Ok(Json::new(&entry, &query).meta(index).into_response()),
         None => {
-            let mut resp = ApiError::NotFound(format!(
-                "Config entry not found for {kind:?} / {name:?}"
-            ))
-            .into_response();
+            let mut resp =
+                ApiError::NotFound(format!("Config entry not found for {kind:?} / {name:?}"))
+                    .into_response();
             for (k, v) in [
                 ("X-Consul-Index", index.max(1).to_string()),
                 ("X-Consul-KnownLeader", "true".into()),

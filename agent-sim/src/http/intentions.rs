@@ -232,7 +232,10 @@ impl serde::Serialize for IntentionView<'_> {
 
 /// Consul OSS refuses namespaces other than `default` in an intention body.
 fn check_oss_namespaces(ixn: &Intention) -> Result<(), ApiError> {
-    for (field, ns) in [("SourceNS", &ixn.source_ns), ("DestinationNS", &ixn.destination_ns)] {
+    for (field, ns) in [
+        ("SourceNS", &ixn.source_ns),
+        ("DestinationNS", &ixn.destination_ns),
+    ] {
         if !ns.is_empty() && ns != DEFAULT_NAMESPACE {
             return Err(ApiError::BadRequestPrefixed(format!(
                 "Invalid {field}({ns}): Namespaces is a Consul Enterprise feature"
@@ -262,8 +265,9 @@ fn legacy_write(
         })?;
         Ok(ixn)
     };
-    let entry_for = |inner: &crate::state::Inner, destination: &str| {
-        match inner.config.intentions(destination) {
+    let entry_for =
+        |inner: &crate::state::Inner, destination: &str| match inner.config.intentions(destination)
+        {
             Some(e) if !config_entries::legacy_editable(e) => {
                 Err(ApiError::from(config_entries::legacy_refusal(destination)))
             }
@@ -277,8 +281,7 @@ fn legacy_write(
                 create_index: 0,
                 modify_index: 0,
             }),
-        }
-    };
+        };
     let (id, destination, entry) = match write {
         IntentionWrite::Create(ixn) => {
             if !ixn.id.is_empty() {
@@ -624,7 +627,11 @@ async fn exact_delete(
 
 /// `PUT /v1/connect/intentions/exact` in a 1.9+ profile: the source is written into the
 /// destination's `service-intentions` entry (a namespace in `source` is dropped, as OSS does).
-fn exact_write(app: &AppState, destination: &str, put: Option<(&str, Intention)>) -> Result<(), ApiError> {
+fn exact_write(
+    app: &AppState,
+    destination: &str,
+    put: Option<(&str, Intention)>,
+) -> Result<(), ApiError> {
     let Some((source, ixn)) = put else {
         return Ok(());
     };
@@ -670,17 +677,20 @@ fn update_entry(
     edit: impl FnOnce(&mut ServiceIntentionsEntry),
 ) -> Result<(), ApiError> {
     app.store.write(|inner, index, changes| {
-        let mut entry = inner.config.intentions(destination).cloned().unwrap_or(
-            ServiceIntentionsEntry {
-                name: destination.to_owned(),
-                partition: None,
-                namespace: None,
-                sources: Vec::new(),
-                meta: None,
-                create_index: 0,
-                modify_index: 0,
-            },
-        );
+        let mut entry =
+            inner
+                .config
+                .intentions(destination)
+                .cloned()
+                .unwrap_or(ServiceIntentionsEntry {
+                    name: destination.to_owned(),
+                    partition: None,
+                    namespace: None,
+                    sources: Vec::new(),
+                    meta: None,
+                    create_index: 0,
+                    modify_index: 0,
+                });
         let before = entry.sources.len();
         edit(&mut entry);
         if before == 0 && entry.sources.is_empty() {

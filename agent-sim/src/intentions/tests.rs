@@ -293,7 +293,14 @@ fn decision_table() {
             );
 
             // `/intentions/check` gives the same answer by names.
-            let checked = set.check(src_ns, src_name, dst_ns, dst_name, case.default, Wording::Consul1_4);
+            let checked = set.check(
+                src_ns,
+                src_name,
+                dst_ns,
+                dst_name,
+                case.default,
+                Wording::Consul1_4,
+            );
             assert_eq!(checked, d, "{what}: check");
         }
     }
@@ -676,9 +683,15 @@ fn a_replaced_intention_moves_buckets() {
 
     assert_eq!(ids(set.match_destination("default", "db")), ["z"]);
     assert_eq!(ids(set.match_destination("default", "cache")), ["a"]);
-    assert_eq!(set.decide(&web, "default", "db", OFF, Wording::Consul1_4).matched, None);
     assert_eq!(
-        set.decide(&web, "default", "cache", OFF, Wording::Consul1_4).matched.as_deref(),
+        set.decide(&web, "default", "db", OFF, Wording::Consul1_4)
+            .matched,
+        None
+    );
+    assert_eq!(
+        set.decide(&web, "default", "cache", OFF, Wording::Consul1_4)
+            .matched
+            .as_deref(),
         Some("a")
     );
 
@@ -692,7 +705,13 @@ fn a_replaced_intention_moves_buckets() {
     // A change of action only: the new action decides.
     set.insert(spec("a: default/cron -> default/cache allow"))
         .unwrap();
-    let d = set.decide(&client("default", "cron"), "default", "cache", ACL_DENY, Wording::Consul1_4);
+    let d = set.decide(
+        &client("default", "cron"),
+        "default",
+        "cache",
+        ACL_DENY,
+        Wording::Consul1_4,
+    );
     assert!(d.allowed);
     assert_eq!(set.len(), 2);
 }
@@ -906,13 +925,25 @@ fn decision_cost_does_not_grow_with_the_set() {
     assert_eq!(big.match_destination("default", "svc-42").len(), 15);
 
     // A matching client stops at its intention.
-    let d = big.decide(&client("default", "src-7"), "default", "svc-42", ACL_ALLOW, Wording::Consul1_4);
+    let d = big.decide(
+        &client("default", "src-7"),
+        "default",
+        "svc-42",
+        ACL_ALLOW,
+        Wording::Consul1_4,
+    );
     assert_eq!(d.matched.as_deref(), Some("x-7-42"));
     assert!(!d.allowed);
     assert!(d.examined <= 15);
     assert_eq!(
         d,
-        small.decide(&client("default", "src-7"), "default", "svc-42", ACL_ALLOW, Wording::Consul1_4)
+        small.decide(
+            &client("default", "src-7"),
+            "default",
+            "svc-42",
+            ACL_ALLOW,
+            Wording::Consul1_4
+        )
     );
 
     // By source as well: src-3 has 10,000 intentions, but a source outside the set

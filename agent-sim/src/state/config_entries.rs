@@ -11,7 +11,9 @@ use consul_connect_types::api::{
     ConfigEntry, Intention, ServiceIntentionsEntry, SourceIntention, KIND_SERVICE_DEFAULTS,
     KIND_SERVICE_INTENTIONS,
 };
-use consul_connect_types::intentions::{precedence, DEFAULT_NAMESPACE, SOURCE_TYPE_CONSUL, WILDCARD};
+use consul_connect_types::intentions::{
+    precedence, DEFAULT_NAMESPACE, SOURCE_TYPE_CONSUL, WILDCARD,
+};
 use time::OffsetDateTime;
 
 /// A refused config-entry write; Consul answers 500 with this text.
@@ -108,7 +110,11 @@ impl ConfigEntries {
                 self.validate_intentions(e)?;
             }
             ConfigEntry::ServiceDefaults(d) => {
-                let protocol = if d.protocol.is_empty() { "tcp" } else { &d.protocol };
+                let protocol = if d.protocol.is_empty() {
+                    "tcp"
+                } else {
+                    &d.protocol
+                };
                 self.check_protocol_change(&d.name, protocol)?;
             }
             _ => {}
@@ -216,9 +222,7 @@ impl ConfigEntries {
                             return err(format!("Sources[{i}].Permissions[{j}].Action must be set to 'allow' or 'deny'"));
                         }
                         if perm.http.is_none() {
-                            return err(format!(
-                                "Sources[{i}].Permissions[{j}].HTTP is required"
-                            ));
+                            return err(format!("Sources[{i}].Permissions[{j}].HTTP is required"));
                         }
                     }
                     has_l7 = true;

@@ -64,7 +64,10 @@ impl Intentions {
         entry: Option<&consul_connect_types::api::ServiceIntentionsEntry>,
     ) {
         self.set.remove_destination(DEFAULT_NAMESPACE, destination);
-        for ixn in entry.map(super::config_entries::entry_intentions).unwrap_or_default() {
+        for ixn in entry
+            .map(super::config_entries::entry_intentions)
+            .unwrap_or_default()
+        {
             if let Err(e) = self.set.insert(ixn) {
                 tracing::warn!(error = %e, "config entry intention not indexed");
             }

@@ -131,7 +131,12 @@ impl fmt::Display for ModernDisplay<'_> {
         }
         match &ixn.permissions {
             Some(p) if !p.is_empty() => {
-                write!(f, "Precedence: {}, Permissions: {})", ixn.precedence, p.len())
+                write!(
+                    f,
+                    "Precedence: {}, Permissions: {})",
+                    ixn.precedence,
+                    p.len()
+                )
             }
             _ => write!(
                 f,
@@ -303,7 +308,13 @@ pub fn decide_matches<'a, I>(
 where
     I: IntoIterator<Item = &'a Intention>,
 {
-    decide_matches_by_name(matches, source.namespace(), source.service(), default, wording)
+    decide_matches_by_name(
+        matches,
+        source.namespace(),
+        source.service(),
+        default,
+        wording,
+    )
 }
 
 /// [`decide_matches`] for a source given by namespace and name, as

@@ -40,7 +40,12 @@ fn sample_body(raw: &str) -> &str {
 fn non_allow_action_denies_like_go() {
     // Go authorizes with `Action == "allow"`; an unvalidated action never allows.
     let list = vec![ixn("a", "default/web", "default/db", "ALLOW")];
-    let d = decide_matches(&list, &client("default", "web"), ACL_ALLOW, Wording::Consul1_4);
+    let d = decide_matches(
+        &list,
+        &client("default", "web"),
+        ACL_ALLOW,
+        Wording::Consul1_4,
+    );
     assert!(!d.allowed);
     assert_eq!(d.matched.as_deref(), Some("a"));
 }
@@ -147,7 +152,12 @@ fn an_l7_intention_never_admits_an_l4_connection() {
 fn a_peer_source_never_matches_a_local_client() {
     let mut peered = ixn("a", "default/web", "default/db", "deny");
     peered.source_peer = Some("other-cluster".into());
-    let d = decide_matches(&[peered], &client("default", "web"), ACL_ALLOW, Wording::Consul1_9);
+    let d = decide_matches(
+        &[peered],
+        &client("default", "web"),
+        ACL_ALLOW,
+        Wording::Consul1_9,
+    );
     assert!(d.allowed);
     assert_eq!(d.matched, None);
 }
