@@ -52,13 +52,14 @@ pub struct AgentBuilder {
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
-    acl_rules: crate::acl_versions::AclRules,
+    version: crate::profile::ConsulVersion,
 }
 
 impl AgentBuilder {
-    /// Decide the version-dependent ACL questions as this Consul version does (default 1.4.5).
-    pub fn acl_rules(mut self, rules: crate::acl_versions::AclRules) -> Self {
-        self.acl_rules = rules;
+    /// The Consul version to answer as (default: the newest emulated, 1.10.9), ACL decisions
+    /// included.
+    pub fn consul_version(mut self, version: crate::profile::ConsulVersion) -> Self {
+        self.version = version;
         self
     }
 
@@ -160,13 +161,13 @@ impl AgentBuilder {
             node_address: addr.ip().to_string(),
             ca: self.ca,
             acl: self.acl,
+            version: self.version,
         };
         let store = Arc::new(Store::open(settings, self.clock, self.data_dir.as_deref())?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let ttl_checks = crate::ttl::start(store.clone());
-        let app =
-            router(AppState::new(store.clone(), cache.clone()).with_acl_rules(self.acl_rules));
+        let app = router(AppState::new(store.clone(), cache.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             crate::http::serve(listener, app, async {
@@ -210,7 +211,7 @@ impl Agent {
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
-            acl_rules: Default::default(),
+            version: Default::default(),
         }
     }
 

@@ -20,6 +20,9 @@ struct Cli {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8500")]
     http_addr: SocketAddr,
+    /// The Consul version to answer as: 1.4.5 or 1.10.9.
+    #[arg(long, default_value_t)]
+    consul_version: agent_sim::profile::ConsulVersion,
     /// Datacenter name.
     #[arg(long, default_value = "dc1")]
     datacenter: String,
@@ -116,7 +119,8 @@ async fn main() -> ExitCode {
         .http_addr(cli.http_addr)
         .datacenter(cli.datacenter)
         .node_name(cli.node_name)
-        .leaf_cert_ttl(cli.leaf_cert_ttl);
+        .leaf_cert_ttl(cli.leaf_cert_ttl)
+        .consul_version(cli.consul_version);
     if let Some(id) = cli.cluster_id {
         builder = builder.cluster_id(id);
     }

@@ -25,6 +25,16 @@ pub async fn start_agent() -> Agent {
         .expect("agent-sim starts")
 }
 
+/// Starts agent-sim in Consul 1.4.5 mode, for tests of 1.4.5's answers.
+pub async fn start_agent_1_4_5() -> Agent {
+    Agent::builder()
+        .cluster_id(CLUSTER_ID)
+        .consul_version(agent_sim::profile::ConsulVersion::V1_4_5)
+        .start()
+        .await
+        .expect("agent-sim starts")
+}
+
 /// An SDK client for `agent`.
 pub fn sdk_client(agent: &Agent) -> AgentClient {
     AgentClient::new(&agent.addr().to_string()).expect("valid address")
