@@ -407,7 +407,13 @@ impl ConnectService {
 
     /// A dialer for connecting to other services as this one.
     pub fn dialer(&self) -> ConnectDialer {
-        ConnectDialer::new(self.clone())
+        ConnectDialer::new(
+            &self.shared.name,
+            self.shared.agent.clone(),
+            self.shared.cell.clone(),
+            self.shared.client.clone(),
+            self.shared.clone(),
+        )
     }
 
     /// Stops the watches. Existing connections are not touched; new handshakes keep using the

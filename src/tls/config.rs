@@ -15,11 +15,9 @@ use rustls::{
     SupportedProtocolVersion,
 };
 
-use super::material::MaterialCell;
+use super::material::{verify_client, verify_server, MaterialCell};
 use super::provider;
-use super::verify::{
-    verify_client, verify_server, ExpectedServer, HandshakeAuthorizer, VerifyError,
-};
+use super::verify::{ExpectedServer, HandshakeAuthorizer, VerifyError};
 
 /// The ALPN protocols both sides offer, in order of preference: `h2`, then `http/1.1`
 /// (Consul 1.4.5 offered only `h2`, which broke HTTP/1.1 services, hashicorp/consul#4466).
