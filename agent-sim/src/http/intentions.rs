@@ -726,13 +726,15 @@ async fn authorize(
     }
     let client = match req.client_cert_uri.parse::<SpiffeId>() {
         Ok(SpiffeId::Service(id)) => id,
-        // A CA, agent, server or mesh-gateway identity is never a Connect caller.
-        Ok(_) => {
+        // None of these is ever a Connect caller. Each version words the refusal by what its
+        // parser knew: the signing ID always, agent IDs from 1.7 on (the profile's text), and
+        // server and mesh-gateway IDs (1.13+) not at all.
+        Ok(SpiffeId::Signing(_)) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Service identifier".into(),
             ))
         }
-        Err(_) if req.client_cert_uri.contains("/agent/client/dc/") => {
+        Ok(SpiffeId::Agent(_)) => {
             return Err(ApiError::BadRequestPrefixed(
                 app.store
                     .settings()
@@ -741,7 +743,7 @@ async fn authorize(
                     .into(),
             ))
         }
-        Err(_) => {
+        Ok(_) | Err(_) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Connect identifier".into(),
             ))
