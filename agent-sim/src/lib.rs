@@ -16,6 +16,7 @@ mod hcl;
 pub mod http;
 pub mod intentions;
 pub mod state;
+pub mod tls;
 mod ttl;
 
 pub use agent::Agent;

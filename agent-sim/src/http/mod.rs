@@ -7,7 +7,7 @@ mod intentions;
 mod queries;
 mod server;
 
-pub(crate) use server::serve;
+pub(crate) use server::{serve, Listener};
 
 use std::sync::Arc;
 use std::time::Duration;
