@@ -556,17 +556,19 @@ fn pooled_client(connector: AgentConnector, idle: Duration) -> Client<AgentConne
         .build(connector)
 }
 
-/// A failed exchange as its cause: for a failed connection, the connector's own error (which
-/// says, say, that the agent's certificate is not signed by the CA given) rather than hyper's
-/// bare "client error (Connect)".
+/// A failed exchange as one message with its causes: hyper's own text ("client error
+/// (Connect)") says nothing of why, the causes do (the agent's certificate is not signed by the
+/// CA given, the agent wants a client certificate, the socket does not exist).
 fn connect_error(e: hyper_util::client::legacy::Error) -> Box<dyn std::error::Error + Send + Sync> {
     use std::error::Error as _;
-    if e.is_connect() {
-        if let Some(cause) = e.source() {
-            return cause.to_string().into();
-        }
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
     }
-    Box::new(e)
+    message.into()
 }
 
 fn json_bytes<B: Serialize>(body: Option<&B>) -> Bytes {
