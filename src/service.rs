@@ -86,7 +86,7 @@ enum AuthorizerChoice {
 #[derive(Debug)]
 enum AgentSource {
     Client(AgentClient),
-    Builder(AgentClientBuilder),
+    Builder(Box<AgentClientBuilder>),
 }
 
 /// Configures a [`ConnectService`].
@@ -139,7 +139,7 @@ impl ConnectServiceBuilder {
     /// # Ok(()) }
     /// ```
     pub fn agent_builder(mut self, builder: AgentClientBuilder) -> Self {
-        self.agent = Some(AgentSource::Builder(builder));
+        self.agent = Some(AgentSource::Builder(Box::new(builder)));
         self
     }
 
