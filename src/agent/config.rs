@@ -328,12 +328,13 @@ impl AgentClientBuilder {
             ));
         }
         let mut config = match &self.client_cert {
-            Some((cert, key)) => {
+            Some((cert, key_file)) => {
                 let chain = read_certs(CLIENT_CERT_ENV, cert)?;
-                let key = read_key(key)?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| tls_error(CLIENT_KEY_ENV, e))?
+                let key = read_key(key_file)?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    let (cert, key) = (cert.display(), key_file.display());
+                    config_error(CLIENT_CERT_ENV, format!("{cert} with key {key}: {e}"))
+                })?
             }
             None => builder.with_no_client_auth(),
         };
