@@ -560,15 +560,7 @@ fn pooled_client(connector: AgentConnector, idle: Duration) -> Client<AgentConne
 /// (Connect)") says nothing of why, the causes do (the agent's certificate is not signed by the
 /// CA given, the agent wants a client certificate, the socket does not exist).
 fn connect_error(e: hyper_util::client::legacy::Error) -> Box<dyn std::error::Error + Send + Sync> {
-    use std::error::Error as _;
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    message.into()
+    crate::telemetry::error_chain(&e).into()
 }
 
 fn json_bytes<B: Serialize>(body: Option<&B>) -> Bytes {
