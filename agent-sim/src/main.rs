@@ -262,6 +262,7 @@ async fn main() -> ExitCode {
     if let Some(token) = cli.acl_initial_management_token.or(file.management_token) {
         builder = builder.acl_initial_management_token(token);
     }
+    let shutdown = shutdown_signal();
     let agent = match builder.start().await {
         Ok(agent) => agent,
         Err(e) => {
@@ -273,30 +274,27 @@ async fn main() -> ExitCode {
     if let Some(addr) = agent.https_addr() {
         println!("agent-sim HTTPS API listening on https://{addr}");
     }
-    shutdown_signal().await;
+    shutdown.await;
     agent.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGTERM at once, so a signal sent as soon as the listening line is read is not
+/// lost (the default action would kill the process), and returns a future that completes on
+/// SIGTERM or Ctrl-C.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = ctrl_c.await;
     }
 }
