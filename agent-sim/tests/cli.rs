@@ -504,40 +504,49 @@ fn a_bad_tls_file_stops_start_up_naming_the_file() {
 
 #[cfg(unix)]
 #[test]
-fn http_on_a_unix_socket() {
+fn http_on_a_unix_socket_from_the_flag_or_the_config_file() {
     let dir = temp_dir("unix");
     let socket = dir.join("agent.sock");
-    // A stale file at the path is replaced, as Consul does.
-    std::fs::write(&socket, "stale").unwrap();
     let url = format!("unix://{}", socket.display());
-    let (child, lines) = Sim::spawn(&["--http-addr", &url], 1);
-    let mut sim = Sim {
-        child,
-        addr: String::new(),
-    };
-    assert_eq!(lines[0], format!("agent-sim HTTP API listening on {url}"));
-    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (status, body) = http_over(
-        stream,
-        "localhost",
-        "GET",
-        "/v1/agent/connect/ca/roots",
-        &[],
-        "",
+    let config = dir.join("unix.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "addresses": { "http": url } }).to_string(),
     )
     .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(json(&body)["Roots"][0]["RootCert"].is_string());
-    // SIGTERM: a clean exit that removes the socket.
-    let pid = sim.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(sim.child.wait().unwrap().success());
-    assert!(!socket.exists());
+    let config = config.to_str().unwrap();
+    for args in [["--http-addr", url.as_str()], ["--config-file", config]] {
+        // A stale file at the path is replaced, as Consul does.
+        std::fs::write(&socket, "stale").unwrap();
+        let (child, lines) = Sim::spawn(&args, 1);
+        let mut sim = Sim {
+            child,
+            addr: String::new(),
+        };
+        assert_eq!(lines[0], format!("agent-sim HTTP API listening on {url}"));
+        let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (status, body) = http_over(
+            stream,
+            "localhost",
+            "GET",
+            "/v1/agent/connect/ca/roots",
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(json(&body)["Roots"][0]["RootCert"].is_string());
+        // SIGTERM: a clean exit that removes the socket.
+        let pid = sim.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(sim.child.wait().unwrap().success());
+        assert!(!socket.exists());
+    }
 }
