@@ -19,6 +19,7 @@ pub mod http;
 pub mod intentions;
 pub mod profile;
 pub mod state;
+pub mod tls;
 mod ttl;
 
 pub use agent::Agent;

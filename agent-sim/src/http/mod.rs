@@ -9,7 +9,7 @@ mod limits;
 mod queries;
 pub(crate) mod server;
 
-pub(crate) use server::serve;
+pub(crate) use server::{serve, Listener};
 
 use std::sync::Arc;
 use std::time::Duration;
