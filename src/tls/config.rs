@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
     SupportedProtocolVersion,
@@ -54,6 +55,16 @@ pub fn server_config(
     cell: Arc<MaterialCell>,
     authorizer: Option<Arc<dyn HandshakeAuthorizer>>,
 ) -> Arc<ServerConfig> {
+    server_config_with_clock(cell, authorizer, Arc::new(DefaultTimeProvider))
+}
+
+/// [`server_config`] whose handshakes check certificate validity at the time `clock` gives,
+/// instead of the system clock (see [`ConnectServiceBuilder::clock`](crate::service::ConnectServiceBuilder::clock)).
+pub fn server_config_with_clock(
+    cell: Arc<MaterialCell>,
+    authorizer: Option<Arc<dyn HandshakeAuthorizer>>,
+    clock: Arc<dyn TimeProvider>,
+) -> Arc<ServerConfig> {
     let verifier = Arc::new(ClientVerifier {
         cell: cell.clone(),
         authorizer,
@@ -61,7 +72,7 @@ pub fn server_config(
     #[allow(clippy::expect_used)]
     // Invariant: the aws-lc-rs default provider has cipher suites and key exchange groups for
     // both TLS 1.2 and 1.3, so this version selection cannot fail.
-    let builder = ServerConfig::builder_with_provider(provider().clone())
+    let builder = ServerConfig::builder_with_details(provider().clone(), clock)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .expect("aws-lc-rs supports TLS 1.2 and 1.3");
     let mut config = builder
@@ -122,10 +133,19 @@ pub struct ConnectClientConfig {
 /// every handshake, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, no resumption, no SNI.
 /// Derive one configuration per dial with [`ConnectClientConfig::for_server`].
 pub fn client_config(cell: Arc<MaterialCell>) -> ConnectClientConfig {
+    client_config_with_clock(cell, Arc::new(DefaultTimeProvider))
+}
+
+/// [`client_config`] whose handshakes check the server's certificate at the time `clock`
+/// gives, instead of the system clock.
+pub fn client_config_with_clock(
+    cell: Arc<MaterialCell>,
+    clock: Arc<dyn TimeProvider>,
+) -> ConnectClientConfig {
     #[allow(clippy::expect_used)]
     // Invariant: the aws-lc-rs default provider has cipher suites and key exchange groups for
     // both TLS 1.2 and 1.3, so this version selection cannot fail.
-    let builder = ClientConfig::builder_with_provider(provider().clone())
+    let builder = ClientConfig::builder_with_details(provider().clone(), clock)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .expect("aws-lc-rs supports TLS 1.2 and 1.3");
     let mut base = builder

@@ -15,16 +15,21 @@ use super::verify::{
 };
 use super::{provider, TlsError};
 use crate::api::{CaRootList, LeafCert};
+use consul_connect_types::api::colon_hex;
 use crate::spiffe::{ServiceId, TrustDomain};
 
 /// The TLS material of one service: CA roots, trust domains, and its leaf with its key.
 ///
-/// Built once per update from the agent's roots and leaf, then read on every handshake, so
-/// everything a handshake needs is parsed here (roots as webpki trust anchors, the leaf as a
-/// rustls [`CertifiedKey`]). A `Material` only exists if its leaf verifies against its roots:
-/// it chains to one of them (with the leaf's own intermediates), is valid at the given time,
-/// is usable for both TLS client and server authentication, carries exactly one SPIFFE
-/// service URI in one of the roots' trust domains, and matches its private key.
+/// Built once per update, then read on every handshake, so everything a handshake needs is
+/// parsed here (roots as webpki trust anchors, the leaf as a rustls [`CertifiedKey`]). A
+/// `Material` only exists if its leaf verifies against its roots: it chains to one of them
+/// (with the leaf's own intermediates), is valid at the given time, is usable for both TLS
+/// client and server authentication, is not a CA, carries exactly one SPIFFE service URI in
+/// one of the roots' trust domains, and matches its private key.
+///
+/// Three ways in, all with the same checks: [`Material::from_pem`] and
+/// [`Material::from_der`] (roots, leaf chain and key from any source, such as certificate
+/// files), and [`Material::new`], the adapter for the Consul agent's roots list and leaf.
 ///
 /// `Debug` shows identities, serials and dates, never key material.
 ///
@@ -52,9 +57,89 @@ impl Material {
     ///
     /// All PEM blocks of `leaf.cert_pem` form the presented chain (the leaf, then any
     /// intermediate such as a cross-signed root after a CA rotation).
+    ///
+    /// Trust domains: the list's `TrustDomain` and each root's signing-ID URI SAN.
     pub fn new(roots: &CaRootList, leaf: &LeafCert, now: UnixTime) -> Result<Self, TlsError> {
-        let roots = Arc::new(Roots::from_list(roots)?);
-        let leaf = Leaf::from_api(leaf, &roots, now)?;
+        let roots = Roots::from_list(roots)?;
+        let certified_key = Leaf::certified_key_from_api(leaf)?;
+        Self::verified(roots, certified_key, &leaf.service, now)
+    }
+
+    /// Builds the material from PEM text, verifying the leaf at `now`.
+    ///
+    /// - `roots_pem`: one or more CA certificates (`CERTIFICATE` blocks) to trust.
+    /// - `chain_pem`: the leaf, then any intermediates to present with it.
+    /// - `key_pem`: the leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    ///
+    /// Trust domains come from the roots' SPIFFE signing-ID URI SANs
+    /// (`spiffe://<trust-domain>`, as Consul's CA writes them). A root that names none (a CA
+    /// of your own) stands for the leaf's own trust domain: peers must then be in the
+    /// leaf's trust domain, or in one a root names. Other block types (such as the key, if
+    /// the chain file holds it) are skipped.
+    ///
+    /// ```
+    /// use consul_connect::tls::{Material, TlsError};
+    /// use rustls::pki_types::UnixTime;
+    ///
+    /// fn load(dir: &std::path::Path) -> Result<Material, Box<dyn std::error::Error>> {
+    ///     let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    ///     let material =
+    ///         Material::from_pem(&read("ca.pem")?, &read("cert.pem")?, &read("key.pem")?, UnixTime::now())?;
+    ///     Ok(material)
+    /// }
+    /// ```
+    pub fn from_pem(
+        roots_pem: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        now: UnixTime,
+    ) -> Result<Self, TlsError> {
+        let roots = pem_certs(roots_pem).map_err(|reason| TlsError::BadRootsPem { reason })?;
+        let chain = pem_certs(chain_pem).map_err(|reason| TlsError::BadLeafPem {
+            service: String::new(),
+            reason,
+        })?;
+        let service = chain
+            .first()
+            .and_then(claimed_service_id)
+            .map(|id| id.service().to_owned())
+            .unwrap_or_default();
+        let key = private_key_from_pem(key_pem, "the key PEM", &service)?;
+        Self::from_der(roots, chain, key, now)
+    }
+
+    /// Builds the material from DER, verifying the leaf at `now`: `roots` to trust, the
+    /// leaf `chain` (the leaf first, then intermediates) and its private `key`. Trust domains
+    /// as for [`Material::from_pem`]. Root IDs (in errors, `Debug` and service status) are
+    /// the roots' SHA-256 fingerprints in colon hex.
+    pub fn from_der(
+        roots: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        now: UnixTime,
+    ) -> Result<Self, TlsError> {
+        let claimed = chain.first().and_then(claimed_service_id);
+        let service = claimed
+            .as_ref()
+            .map(|id| id.service().to_owned())
+            .unwrap_or_default();
+        let roots = roots
+            .into_iter()
+            .map(|cert| (fingerprint(&cert), cert))
+            .collect();
+        let roots = Roots::new(roots, None, claimed.as_ref().map(ServiceId::trust_domain))?;
+        let certified_key = certified_key(chain, key, &service)?;
+        Self::verified(roots, certified_key, &service, now)
+    }
+
+    fn verified(
+        roots: Roots,
+        certified_key: Arc<CertifiedKey>,
+        service: &str,
+        now: UnixTime,
+    ) -> Result<Self, TlsError> {
+        let roots = Arc::new(roots);
+        let leaf = Leaf::verified(certified_key, service, &roots, now)?;
         Ok(Self {
             roots,
             leaf,
@@ -122,7 +207,8 @@ impl Material {
 
     /// A new leaf under the current roots, verified at `now`.
     pub fn with_leaf(&self, leaf: &LeafCert, now: UnixTime) -> Result<Self, TlsError> {
-        let leaf = Leaf::from_api(leaf, &self.roots, now)?;
+        let certified_key = Leaf::certified_key_from_api(leaf)?;
+        let leaf = Leaf::verified(certified_key, &leaf.service, &self.roots, now)?;
         Ok(Self {
             roots: self.roots.clone(),
             leaf,
@@ -338,7 +424,8 @@ struct Leaf {
 }
 
 impl Leaf {
-    fn from_api(leaf: &LeafCert, roots: &Roots, now: UnixTime) -> Result<Self, TlsError> {
+    /// The chain and key of the agent's leaf (`CertPEM`: the leaf, then intermediates).
+    fn certified_key_from_api(leaf: &LeafCert) -> Result<Arc<CertifiedKey>, TlsError> {
         let service = leaf.service.as_str();
         let chain = pem_certs(&leaf.cert_pem).map_err(|reason| TlsError::BadLeafPem {
             service: service.to_owned(),
@@ -350,24 +437,8 @@ impl Leaf {
                 reason: "CertPEM holds no certificate".to_owned(),
             });
         }
-        let bad_key = |reason: String| TlsError::BadPrivateKey {
-            service: service.to_owned(),
-            reason,
-        };
-        let key_der = PrivateKeyDer::from_pem_slice(leaf.private_key_pem.as_bytes()).map_err(
-            |e| match e {
-                pem::Error::NoItemsFound => {
-                    bad_key("PrivateKeyPEM holds no private key".to_owned())
-                }
-                e => bad_key(format!("unreadable PEM: {e}")),
-            },
-        )?;
-        let signing_key = provider()
-            .key_provider
-            .load_private_key(key_der)
-            .map_err(|e| bad_key(e.to_string()))?;
-        let certified_key = Arc::new(CertifiedKey::new(chain, signing_key));
-        Self::verified(certified_key, service, roots, now)
+        let key = private_key_from_pem(&leaf.private_key_pem, "PrivateKeyPEM", service)?;
+        certified_key(chain, key, service)
     }
 
     /// Checks a leaf chain and key against `roots` at `now`.
@@ -416,5 +487,60 @@ impl Leaf {
             not_before: facts.not_before,
             not_after: facts.not_after,
         })
+    }
+}
+
+/// The leaf `chain` with its `key`, loaded by our crypto provider.
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    service: &str,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    if chain.is_empty() {
+        return Err(TlsError::BadLeafPem {
+            service: service.to_owned(),
+            reason: "the leaf chain holds no certificate".to_owned(),
+        });
+    }
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::BadPrivateKey {
+            service: service.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+}
+
+/// The first private key of `pem`; `what` names the PEM in errors (never its content).
+fn private_key_from_pem(
+    pem: &str,
+    what: &str,
+    service: &str,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::BadPrivateKey {
+        service: service.to_owned(),
+        reason: match e {
+            pem::Error::NoItemsFound => format!("{what} holds no private key"),
+            e => format!("unreadable PEM: {e}"),
+        },
+    })
+}
+
+/// The service ID a leaf claims in its only URI SAN, unverified (for error context and the
+/// trust domain of roots that name none).
+fn claimed_service_id(leaf: &CertificateDer<'_>) -> Option<ServiceId> {
+    match CertFacts::parse(leaf).ok()?.uris.as_slice() {
+        [uri] => uri.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A certificate's SHA-256 fingerprint, colon hex (the ID of a root given as DER or PEM).
+fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13() {
+        Some(suite) => colon_hex(suite.common.hash_provider.hash(cert).as_ref()),
+        // Unreachable (the suite is a TLS 1.3 one); a root still needs some ID.
+        None => String::from("(no fingerprint)"),
     }
 }

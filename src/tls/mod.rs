@@ -37,7 +37,10 @@ use std::sync::{Arc, LazyLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use config::{client_config, server_config, ConnectClientConfig, ALPN_PROTOCOLS};
+pub use config::{
+    client_config, client_config_with_clock, server_config, server_config_with_clock,
+    ConnectClientConfig, ALPN_PROTOCOLS,
+};
 pub use material::{verify_client, verify_peer, verify_server, Material, MaterialCell};
 pub use refusal::recording_refusals;
 pub(crate) use refusal::refuse_after_handshake;
@@ -47,7 +50,8 @@ pub use verify::{
 
 use crate::spiffe::SpiffeIdError;
 
-/// Why TLS material could not be built from what the agent returned.
+/// Why TLS material could not be built from what the agent returned (or from PEM or DER given
+/// directly, see [`Material::from_pem`]).
 ///
 /// None of the variants carries key material.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,6 +66,12 @@ pub enum TlsError {
         /// The root's `ID`.
         id: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A roots PEM text (see [`Material::from_pem`]) could not be read.
+    #[error("CA roots PEM: {reason}")]
+    BadRootsPem {
+        /// What is wrong with the PEM.
         reason: String,
     },
     /// The roots list names a trust domain that is not one.
@@ -79,7 +89,8 @@ pub enum TlsError {
     /// The leaf's `CertPEM` holds no usable certificate.
     #[error("leaf certificate for service {service:?}: {reason}")]
     BadLeafPem {
-        /// The service the leaf was issued for (as the agent said).
+        /// The service the leaf was issued for (as the agent said; from PEM or DER, as the
+        /// leaf's URI SAN names it, empty if it names none).
         service: String,
         /// What is wrong with the PEM.
         reason: String,
@@ -87,7 +98,8 @@ pub enum TlsError {
     /// The leaf's private key could not be loaded (the reason never includes the key).
     #[error("private key of the leaf for service {service:?}: {reason}")]
     BadPrivateKey {
-        /// The service the leaf was issued for (as the agent said).
+        /// The service the leaf was issued for (as the agent said; from PEM or DER, as the
+        /// leaf's URI SAN names it, empty if it names none).
         service: String,
         /// Why the key was refused.
         reason: String,
@@ -95,13 +107,15 @@ pub enum TlsError {
     /// The private key is not the one the leaf certificate was issued for.
     #[error("leaf certificate for service {service:?} does not match its private key")]
     KeyMismatch {
-        /// The service the leaf was issued for (as the agent said).
+        /// The service the leaf was issued for (as the agent said; from PEM or DER, as the
+        /// leaf's URI SAN names it, empty if it names none).
         service: String,
     },
     /// The leaf failed verification against the roots; it must not be presented.
     #[error("leaf certificate for service {service:?} (serial {serial}) was rejected: {source}")]
     LeafRejected {
-        /// The service the leaf was issued for (as the agent said).
+        /// The service the leaf was issued for (as the agent said; from PEM or DER, as the
+        /// leaf's URI SAN names it, empty if it names none).
         service: String,
         /// The leaf's serial, colon hex.
         serial: String,

@@ -633,68 +633,101 @@ pub(crate) struct Roots {
 }
 
 impl Roots {
+    /// The roots of Consul's list: each `RootCert` must hold exactly one certificate; the
+    /// list's `TrustDomain` covers every root, and a root's own signing-ID URI SAN adds its.
     pub(crate) fn from_list(list: &CaRootList) -> Result<Self, TlsError> {
         if list.roots.is_empty() {
             return Err(TlsError::NoRoots);
         }
-        let mut trust_domains: Vec<TrustDomain> = Vec::new();
-        let mut add_trust_domain = |td: TrustDomain| {
-            if !trust_domains.contains(&td) {
-                trust_domains.push(td);
-            }
-        };
-        if !list.trust_domain.is_empty() {
-            let td = TrustDomain::new(&list.trust_domain).map_err(|source| {
+        let trust_domain = if list.trust_domain.is_empty() {
+            None
+        } else {
+            Some(TrustDomain::new(&list.trust_domain).map_err(|source| {
                 TlsError::BadTrustDomain {
                     trust_domain: list.trust_domain.clone(),
                     source,
                 }
-            })?;
-            add_trust_domain(td);
-        }
-
-        let mut roots = Self {
-            ids: Vec::with_capacity(list.roots.len()),
-            certs: Vec::with_capacity(list.roots.len()),
-            anchors: Vec::with_capacity(list.roots.len()),
-            trust_domains: Vec::new(),
+            })?)
         };
+        let mut roots = Vec::with_capacity(list.roots.len());
         for root in &list.roots {
             let bad = |reason: String| TlsError::BadRoot {
                 id: root.id.clone(),
                 reason,
             };
             let mut certs = pem_certs(&root.root_cert).map_err(bad)?;
-            let cert = match certs.len() {
-                1 => certs.remove(0),
+            match certs.len() {
+                1 => roots.push((root.id.clone(), certs.remove(0))),
                 n => return Err(bad(format!("RootCert holds {n} certificates, expected 1"))),
+            }
+        }
+        Self::new(roots, trust_domain, None)
+    }
+
+    /// Trust anchors from `roots` (each with its ID, for errors and status). The trust
+    /// domains are `trust_domain` if given, each root's signing-ID URI SAN, and `for_unnamed`
+    /// for a root that names none (a user CA).
+    pub(crate) fn new(
+        roots: Vec<(String, CertificateDer<'static>)>,
+        trust_domain: Option<TrustDomain>,
+        for_unnamed: Option<&TrustDomain>,
+    ) -> Result<Self, TlsError> {
+        if roots.is_empty() {
+            return Err(TlsError::NoRoots);
+        }
+        let mut trust_domains: Vec<TrustDomain> = Vec::new();
+        let mut add_trust_domain = |td: &TrustDomain| {
+            if !trust_domains.contains(td) {
+                trust_domains.push(td.clone());
+            }
+        };
+        if let Some(td) = &trust_domain {
+            add_trust_domain(td);
+        }
+        let mut out = Self {
+            ids: Vec::with_capacity(roots.len()),
+            certs: Vec::with_capacity(roots.len()),
+            anchors: Vec::with_capacity(roots.len()),
+            trust_domains: Vec::new(),
+        };
+        for (id, cert) in roots {
+            let bad = |reason: String| TlsError::BadRoot {
+                id: id.clone(),
+                reason,
             };
             let anchor = webpki::anchor_from_trusted_cert(&cert)
                 .map_err(|e| bad(format!("not usable as a trust anchor: {e}")))?
                 .to_owned();
             let facts = CertFacts::parse(&cert).map_err(|e| bad(e.to_string()))?;
             // A root names its trust domain with a signing-ID URI SAN. A user-supplied root
-            // may lack one; the list's TrustDomain then covers it.
+            // may lack one; the list's TrustDomain (or `for_unnamed`) then covers it.
+            let mut named = false;
             for uri in &facts.uris {
                 match uri.parse::<SpiffeId>() {
-                    Ok(SpiffeId::Signing(id)) => add_trust_domain(id.trust_domain().clone()),
-                    Ok(id) => {
-                        tracing::warn!(root = %root.id, %id, kind = id.kind(), "CA root carries a URI SAN that is not a signing ID; ignored");
+                    Ok(SpiffeId::Signing(signing)) => {
+                        named = true;
+                        add_trust_domain(signing.trust_domain());
+                    }
+                    Ok(other) => {
+                        tracing::warn!(root = %id, id = %other, kind = other.kind(), "CA root carries a URI SAN that is not a signing ID; ignored");
                     }
                     Err(error) => {
-                        tracing::warn!(root = %root.id, %uri, %error, "CA root URI SAN is not a SPIFFE signing ID; ignored");
+                        tracing::warn!(root = %id, %uri, %error, "CA root URI SAN is not a SPIFFE signing ID; ignored");
                     }
                 }
             }
-            roots.ids.push(root.id.clone());
-            roots.certs.push(cert);
-            roots.anchors.push(anchor);
+            if let (false, Some(td)) = (named, for_unnamed) {
+                add_trust_domain(td);
+            }
+            out.ids.push(id);
+            out.certs.push(cert);
+            out.anchors.push(anchor);
         }
         if trust_domains.is_empty() {
             return Err(TlsError::NoTrustDomain);
         }
-        roots.trust_domains = trust_domains;
-        Ok(roots)
+        out.trust_domains = trust_domains;
+        Ok(out)
     }
 
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
