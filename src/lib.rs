@@ -25,6 +25,7 @@ pub mod agent;
 pub mod api;
 pub mod authz;
 pub mod dialer;
+pub mod files;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod http;

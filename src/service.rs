@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::UnixTime;
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -15,10 +15,13 @@ use crate::agent::{
 use crate::api::{CaRootList, LeafCert};
 use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
 use crate::dialer::ConnectDialer;
+use crate::files::{CertificateFiles, Contents, FilesError};
 use crate::intentions::DefaultDecision;
 use crate::spiffe::ServiceId;
 use crate::telemetry;
-use crate::tls::{client_config, server_config, ConnectClientConfig, Material, MaterialCell};
+use crate::tls::{
+    client_config_with_clock, server_config_with_clock, ConnectClientConfig, Material, MaterialCell,
+};
 
 /// Why a service is not ready.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,10 +47,46 @@ pub enum NotReady {
     },
 }
 
+/// Why [`ConnectServiceBuilder::build`] refused to build a service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The agent client could not be built, or the agent refused a request made at build
+    /// time (such as the ACL default for
+    /// [`intentions_authorizer_from_agent`](ConnectServiceBuilder::intentions_authorizer_from_agent)).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A service with [`certificate_files`](ConnectServiceBuilder::certificate_files) was
+    /// given no authorizer: the default (the agent's authorize endpoint) and the intentions
+    /// authorizers need an agent, and a service must never accept clients unauthorized.
+    #[error("service {service:?} takes its certificates from files and has no authorizer: give one with ConnectServiceBuilder::authorizer (the agent's authorize endpoint and intentions are not used without an agent)")]
+    AuthorizerRequired {
+        /// The service name.
+        service: String,
+    },
+    /// The certificate files could not be read or do not make valid material for the
+    /// service.
+    #[error("service {service:?}: {source}")]
+    Files {
+        /// The service name.
+        service: String,
+        /// What is wrong with the files.
+        #[source]
+        source: FilesError,
+    },
+    /// The clock gave no current time, so the material could not be verified.
+    #[error("service {service:?}: the clock gave no current time")]
+    NoTime {
+        /// The service name.
+        service: String,
+    },
+}
+
 /// A failure a watch or the material check reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchFailure {
-    /// `roots`, `leaf` or `material` (a fetched leaf or roots list that did not verify).
+    /// `roots`, `leaf`, `material` (a fetched leaf or roots list that did not verify) or
+    /// `files` (certificate files that could not be read or did not verify).
     pub source: &'static str,
     /// The error.
     pub message: String,
@@ -99,6 +138,8 @@ pub struct ConnectServiceBuilder {
     authorizer: AuthorizerChoice,
     watch: WatchConfig,
     leaf_first_read_timeout: Duration,
+    files: Option<CertificateFiles>,
+    clock: Arc<dyn TimeProvider>,
 }
 
 /// How long a non-blocking leaf read may take before it is retried as a short blocking read
@@ -129,7 +170,7 @@ impl ConnectServiceBuilder {
     /// [`build`](Self::build)).
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), consul_connect::agent::AgentError> {
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// use consul_connect::agent::AgentClientBuilder;
     /// let agent = AgentClientBuilder::from_env()?.ca_file("/etc/consul/ca.pem");
     /// let service = consul_connect::ConnectService::builder("web")
@@ -177,6 +218,46 @@ impl ConnectServiceBuilder {
         self
     }
 
+    /// Takes the roots, leaf and key from certificate files instead of the agent, as Go's
+    /// `connect.NewDevServiceFromCertFiles`: [`build`](Self::build) reads them (and fails if
+    /// they do not make valid material for this service) without contacting any agent, and
+    /// the files are re-read every [`CertificateFiles::poll_interval`] while the service runs.
+    ///
+    /// Such a service needs an [`authorizer`](Self::authorizer): `build` refuses with
+    /// [`BuildError::AuthorizerRequired`] otherwise, since the default authorizer and the
+    /// intentions authorizers ask an agent. Dialing works with a
+    /// [`StaticResolver`](crate::StaticResolver); [`ConnectDialer::dial_service`] asks the
+    /// agent's catalog, so it needs a reachable agent ([`agent`](Self::agent), or
+    /// `CONSUL_HTTP_ADDR` as for every service).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use consul_connect::files::CertificateFiles;
+    /// use consul_connect::intentions::DefaultDecision;
+    /// use consul_connect::{ConnectService, IntentionsAuthorizer};
+    ///
+    /// # let authorizer: Arc<dyn consul_connect::Authorizer> = todo!();
+    /// let web = ConnectService::builder("web")
+    ///     .certificate_files(CertificateFiles::new("ca.pem", "web.pem", "web-key.pem"))
+    ///     .authorizer(authorizer)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn certificate_files(mut self, files: CertificateFiles) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// The clock that certificate validity is checked against: when new material is
+    /// verified, and in every handshake (the rustls configurations' `time_provider`).
+    /// Default: the system clock. For tests of expiry and rotation that must not wait.
+    pub fn clock(mut self, clock: Arc<dyn TimeProvider>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Pacing of the roots, leaf and intentions watches.
     pub fn watch_config(mut self, config: WatchConfig) -> Self {
         self.watch = config;
@@ -185,7 +266,13 @@ impl ConnectServiceBuilder {
 
     /// Starts the roots and leaf watches. Returns at once; use [`ConnectService::ready`] to
     /// wait for the first certificate.
-    pub async fn build(self) -> Result<ConnectService, AgentError> {
+    ///
+    /// With [`certificate_files`](Self::certificate_files), reads and verifies the files
+    /// first (the service is ready when this returns) and starts polling them instead.
+    pub async fn build(self) -> Result<ConnectService, BuildError> {
+        if self.files.is_some() && !matches!(self.authorizer, AuthorizerChoice::Custom(_)) {
+            return Err(BuildError::AuthorizerRequired { service: self.name });
+        }
         let mut agent = match self.agent {
             Some(AgentSource::Client(agent)) => agent,
             Some(AgentSource::Builder(builder)) => builder.build()?,
@@ -213,31 +300,73 @@ impl ConnectServiceBuilder {
             }
             AuthorizerChoice::Custom(a) => a,
         };
+        // Certificate files: the first material, read and verified before anything starts.
+        let first = match &self.files {
+            Some(files) => {
+                let files_error = |source| BuildError::Files {
+                    service: self.name.clone(),
+                    source,
+                };
+                let contents = files.read().map_err(files_error)?;
+                let now = self
+                    .clock
+                    .current_time()
+                    .ok_or_else(|| BuildError::NoTime {
+                        service: self.name.clone(),
+                    })?;
+                let material = contents
+                    .material(files, now)
+                    .and_then(|m| {
+                        check_identity(&self.name, self.datacenter.as_deref(), m).map_err(
+                            |reason| FilesError::NotThisService {
+                                cert_file: files.cert_file().to_owned(),
+                                reason,
+                            },
+                        )
+                    })
+                    .map_err(files_error)?;
+                Some((files.clone(), contents, material))
+            }
+            None => None,
+        };
         let cell = Arc::new(MaterialCell::new());
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            server: server_config(cell.clone(), authorizer.handshake_hook()),
-            client: client_config(cell.clone()),
+            server: server_config_with_clock(
+                cell.clone(),
+                authorizer.handshake_hook(),
+                self.clock.clone(),
+            ),
+            client: client_config_with_clock(cell.clone(), self.clock.clone()),
             name: self.name,
             datacenter: self.datacenter,
             agent,
             cell,
             authorizer,
+            clock: self.clock,
             fetched: Mutex::new(Fetched::default()),
             ready: watch::channel(false).0,
             generation: watch::channel(0).0,
             stop,
         });
-        shared
-            .clone()
-            .spawn_watches(self.watch, self.leaf_first_read_timeout);
+        match first {
+            Some((files, contents, material)) => {
+                let root_ids = material.roots().ids.clone();
+                shared.install(&mut shared.lock_fetched(), material, root_ids);
+                shared.clone().spawn_file_watch(files, contents);
+            }
+            None => shared
+                .clone()
+                .spawn_watches(self.watch, self.leaf_first_read_timeout),
+        }
         Ok(ConnectService { shared })
     }
 }
 
 /// A service's Connect identity: its leaf certificate and the CA roots, fetched from the local
-/// agent and kept fresh by blocking queries, with the TLS configurations and authorizer built on
-/// them. Cheap to clone; the watches stop when [`ConnectService::shutdown`] is called or the last
+/// agent and kept fresh by blocking queries (or read from certificate files, see
+/// [`ConnectServiceBuilder::certificate_files`]), with the TLS configurations and authorizer
+/// built on them. Cheap to clone; the watches stop when [`ConnectService::shutdown`] is called or the last
 /// clone is dropped.
 ///
 /// ```no_run
@@ -263,6 +392,8 @@ struct Shared {
     server: Arc<rustls::ServerConfig>,
     client: ConnectClientConfig,
     authorizer: Arc<dyn Authorizer>,
+    /// What certificate validity is checked against.
+    clock: Arc<dyn TimeProvider>,
     fetched: Mutex<Fetched>,
     ready: watch::Sender<bool>,
     /// Counts published materials, so callers can wait for a rotation.
@@ -314,6 +445,8 @@ impl ConnectService {
             authorizer: AuthorizerChoice::Agent,
             watch: WatchConfig::default(),
             leaf_first_read_timeout: DEFAULT_LEAF_FIRST_READ_TIMEOUT,
+            files: None,
+            clock: Arc::new(DefaultTimeProvider),
         }
     }
 
@@ -545,6 +678,84 @@ impl Shared {
         ));
     }
 
+    /// Polls the certificate files; `seen` is what they held when last read. Holds only a
+    /// weak reference, so dropping the service ends it.
+    fn spawn_file_watch(self: Arc<Self>, files: CertificateFiles, seen: Contents) {
+        let weak = Arc::downgrade(&self);
+        let mut stop = self.stop.subscribe();
+        drop(self);
+        tokio::spawn(async move {
+            // `None` after a failed read, so the next good read is always checked (and clears
+            // the error) even if the files are back to what they were.
+            let mut seen = Some(seen);
+            let mut ticks = tokio::time::interval(files.interval());
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is immediate; the files were just read
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let reader = files.clone();
+                let read = match tokio::task::spawn_blocking(move || reader.read()).await {
+                    Ok(read) => read,
+                    Err(e) => Err(FilesError::Read {
+                        path: files.cert_file().to_owned(),
+                        reason: format!("the reading task failed: {e}"),
+                    }),
+                };
+                let Some(shared) = weak.upgrade() else { return };
+                match read {
+                    Ok(contents) if seen.as_ref() == Some(&contents) => {}
+                    Ok(contents) => {
+                        shared.on_files(&files, &contents);
+                        seen = Some(contents);
+                    }
+                    Err(e) => {
+                        // Reported once per failure, not on every tick while it lasts.
+                        let message = e.to_string();
+                        let mut fetched = shared.lock_fetched();
+                        let known = fetched
+                            .errors
+                            .iter()
+                            .any(|f| f.source == "files" && f.message == message);
+                        if !known {
+                            shared.record_error(&mut fetched, "files", message);
+                        }
+                        seen = None;
+                    }
+                }
+            }
+        });
+    }
+
+    /// New contents of the certificate files: published if they verify and are ours,
+    /// otherwise the last good material stays and the error is recorded.
+    fn on_files(&self, files: &CertificateFiles, contents: &Contents) {
+        let mut fetched = self.lock_fetched();
+        let Some(now) = self.clock.current_time() else {
+            self.record_error(
+                &mut fetched,
+                "files",
+                "the clock gave no current time".to_owned(),
+            );
+            return;
+        };
+        let built = contents
+            .material(files, now)
+            .map_err(|e| e.to_string())
+            .and_then(|m| check_identity(&self.name, self.datacenter.as_deref(), m));
+        match built {
+            Ok(material) => {
+                tracing::debug!(service = %self.name, serial = %material.serial(), "certificate files changed");
+                fetched.clear_error("files");
+                let root_ids = material.roots().ids.clone();
+                self.install(&mut fetched, material, root_ids);
+            }
+            Err(message) => self.record_error(&mut fetched, "files", message),
+        }
+    }
+
     fn on_roots(&self, event: WatchEvent<CaRootList>) {
         let mut fetched = self.lock_fetched();
         match event {
@@ -578,10 +789,17 @@ impl Shared {
         let (Some(roots), Some(leaf)) = (&fetched.roots, &fetched.leaf) else {
             return;
         };
-        let now = UnixTime::now();
+        let Some(now) = self.clock.current_time() else {
+            self.record_error(
+                fetched,
+                "material",
+                "the clock gave no current time".to_owned(),
+            );
+            return;
+        };
         let built = Material::new(roots, leaf, now)
             .map_err(|e| e.to_string())
-            .and_then(|m| self.check_identity(m));
+            .and_then(|m| check_identity(&self.name, self.datacenter.as_deref(), m));
         match built {
             Ok(material) => {
                 let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
@@ -608,28 +826,6 @@ impl Shared {
                 self.record_error(fetched, "material", message);
             }
         }
-    }
-
-    /// Refuses a leaf that names another service (or another datacenter than asked for): a
-    /// valid certificate is not enough, it must be ours.
-    fn check_identity(&self, material: Material) -> Result<Material, String> {
-        let id = material.service_id();
-        if id.service() != self.name {
-            return Err(format!(
-                "leaf certificate is for {id}, not for service {:?}",
-                self.name
-            ));
-        }
-        if let Some(dc) = self
-            .datacenter
-            .as_deref()
-            .filter(|dc| id.datacenter() != *dc)
-        {
-            return Err(format!(
-                "leaf certificate is for {id}, not for datacenter {dc:?}"
-            ));
-        }
-        Ok(material)
     }
 
     fn install(&self, fetched: &mut Fetched, material: Material, root_ids: Vec<String>) {
@@ -675,4 +871,25 @@ fn same_material(a: &Material, b: &Material) -> bool {
     a.leaf_chain() == b.leaf_chain()
         && a.root_certs() == b.root_certs()
         && a.trust_domains() == b.trust_domains()
+}
+
+/// Refuses a leaf that names another service than `name` (or another datacenter than asked
+/// for): a valid certificate is not enough, it must be ours.
+fn check_identity(
+    name: &str,
+    datacenter: Option<&str>,
+    material: Material,
+) -> Result<Material, String> {
+    let id = material.service_id();
+    if id.service() != name {
+        return Err(format!(
+            "leaf certificate is for {id}, not for service {name:?}"
+        ));
+    }
+    if let Some(dc) = datacenter.filter(|dc| id.datacenter() != *dc) {
+        return Err(format!(
+            "leaf certificate is for {id}, not for datacenter {dc:?}"
+        ));
+    }
+    Ok(material)
 }

@@ -15,8 +15,8 @@ use super::verify::{
 };
 use super::{provider, TlsError};
 use crate::api::{CaRootList, LeafCert};
-use consul_connect_types::api::colon_hex;
 use crate::spiffe::{ServiceId, TrustDomain};
+use consul_connect_types::api::colon_hex;
 
 /// The TLS material of one service: CA roots, trust domains, and its leaf with its key.
 ///
@@ -502,13 +502,14 @@ fn certified_key(
             reason: "the leaf chain holds no certificate".to_owned(),
         });
     }
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::BadPrivateKey {
-            service: service.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let signing_key =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadPrivateKey {
+                service: service.to_owned(),
+                reason: e.to_string(),
+            })?;
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
