@@ -57,7 +57,8 @@ pub fn consul_key_id(key: &impl PublicKeyData) -> Vec<u8> {
     colon_hex(&sha256(&key.subject_public_key_info())).into_bytes()
 }
 
-fn sha256(data: &[u8]) -> Vec<u8> {
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
     match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256 {
         rustls::SupportedCipherSuite::Tls13(suite) => {
             suite.common.hash_provider.hash(data).as_ref().to_vec()
@@ -95,6 +96,16 @@ impl TestCa {
 
     /// `Consul CA <serial>` for `trust_domain`.
     pub fn with_trust_domain(serial: u64, trust_domain: &str) -> Self {
+        Self::build(serial, trust_domain, true)
+    }
+
+    /// A CA of the user's own: no SPIFFE URI SAN, so it names no trust domain; its leaves
+    /// are still issued in `trust_domain`.
+    pub fn without_spiffe_uri(serial: u64, trust_domain: &str) -> Self {
+        Self::build(serial, trust_domain, false)
+    }
+
+    fn build(serial: u64, trust_domain: &str, spiffe_uri: bool) -> Self {
         let key = KeyPair::generate().expect("P-256 key");
         let now = now();
         let mut params = CertificateParams::default();
@@ -110,7 +121,9 @@ impl TestCa {
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
         ];
-        params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))];
+        if spiffe_uri {
+            params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))];
+        }
         params.key_identifier_method = KeyIdMethod::PreSpecified(consul_key_id(&key));
         params.use_authority_key_identifier_extension = true;
         let cert = params.self_signed(&key).expect("self-signed root");
@@ -394,15 +407,19 @@ impl Issued {
         consul_connect_types::api::serial_hex(cert.raw_serial())
     }
 
-    /// The leaf as the agent's leaf endpoint returns it (CertPEM = leaf + intermediates).
-    pub fn leaf_cert(&self) -> LeafCert {
-        let cert_pem = self
-            .chain_pem
+    /// The chain as one PEM text (the leaf, then intermediates), as `CertPEM` holds it.
+    pub fn chain_pem(&self) -> String {
+        self.chain_pem
             .iter()
             .map(|p| p.trim())
             .collect::<Vec<_>>()
             .join("\n")
-            + "\n";
+            + "\n"
+    }
+
+    /// The leaf as the agent's leaf endpoint returns it (CertPEM = leaf + intermediates).
+    pub fn leaf_cert(&self) -> LeafCert {
+        let cert_pem = self.chain_pem();
         LeafCert {
             serial_number: self.serial(),
             cert_pem,

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod clock;
 pub mod faults;
 pub mod rawtls;
 pub mod samples;
