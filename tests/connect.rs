@@ -609,14 +609,17 @@ async fn a_server_presenting_another_service_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_leaf_is_never_used() {
-    // The agent's clock is four days behind: every leaf it issues is already expired.
-    let clock = Arc::new(agent_sim::clock::ManualClock::new(
-        time::OffsetDateTime::now_utc() - Duration::from_secs(4 * 24 * 3600),
-    ));
+    // The service's clock is four days ahead of the agent's: every leaf the agent issues has
+    // expired by the service's time.
+    let agent_time = support::certs::now();
+    let clock = Arc::new(agent_sim::clock::ManualClock::new(agent_time));
     let agent = Agent::builder().clock(clock).start().await.unwrap();
     let client = sdk_client(&agent);
     let web = ConnectService::builder("web")
         .agent(client)
+        .clock(support::clock::ManualClock::new(
+            agent_time + Duration::from_secs(4 * 24 * 3600),
+        ))
         .watch_config(fast_watch())
         .build()
         .await

@@ -13,9 +13,9 @@ use std::time::Duration as StdDuration;
 use consul_connect::api::{CaRootList, LeafCert};
 use consul_connect::spiffe::ServiceId;
 use consul_connect::tls::{
-    client_config, recording_refusals, server_config, verify_peer, ConnectClientConfig,
-    ExpectedServer, HandshakeAuthorizer, Material, MaterialCell, PeerIdentity, PeerRole, TlsError,
-    VerifyError,
+    client_config, client_config_with_clock, recording_refusals, server_config,
+    server_config_with_clock, verify_peer, ConnectClientConfig, ExpectedServer,
+    HandshakeAuthorizer, Material, MaterialCell, PeerIdentity, PeerRole, TlsError, VerifyError,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -28,6 +28,7 @@ use support::certs::{
     now, roots, service_uri, unix, Intermediate, Issued, LeafSpec, TestCa, DC, OTHER_TRUST_DOMAIN,
     TRUST_DOMAIN,
 };
+use support::clock::ManualClock;
 use support::samples::Sample;
 use time::macros::datetime;
 use time::Duration;
@@ -153,10 +154,10 @@ async fn certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn expired_leaf_is_refused() {
     let ca = TestCa::new(7);
-    let mut spec = LeafSpec::consul(TRUST_DOMAIN, "web");
-    spec.not_before = now() - Duration::days(4);
-    spec.not_after = now() - Duration::days(1);
-    let err = refused_client(&ca, &ca.issue(&spec)).await;
+    let spec = LeafSpec::consul(TRUST_DOMAIN, "web");
+    // The server's clock, a day after the leaf's end.
+    let clock = ManualClock::new(spec.not_after + Duration::days(1));
+    let err = refused_client_at(&ca, &ca.issue(&spec), clock).await;
     match err {
         VerifyError::Expired { peer, not_after } => {
             assert_eq!(
@@ -172,10 +173,10 @@ async fn expired_leaf_is_refused() {
 #[tokio::test]
 async fn not_yet_valid_leaf_is_refused() {
     let ca = TestCa::new(7);
-    let mut spec = LeafSpec::consul(TRUST_DOMAIN, "web");
-    spec.not_before = now() + Duration::days(1);
-    spec.not_after = now() + Duration::days(4);
-    let err = refused_client(&ca, &ca.issue(&spec)).await;
+    let spec = LeafSpec::consul(TRUST_DOMAIN, "web");
+    // The server's clock, a day before the leaf's start.
+    let clock = ManualClock::new(spec.not_before - Duration::days(1));
+    let err = refused_client_at(&ca, &ca.issue(&spec), clock).await;
     match err {
         VerifyError::NotYetValid { not_before, .. } => assert_eq!(not_before, spec.not_before),
         other => panic!("{other:?}"),
@@ -871,6 +872,18 @@ impl Service {
         }
     }
 
+    /// A service whose handshakes check certificates at the time `clock` shows.
+    fn with_clock(roots: &CaRootList, leaf: &Issued, clock: Arc<ManualClock>) -> Self {
+        let material =
+            Material::new(roots, &leaf.leaf_cert(), UnixTime::now()).expect("valid material");
+        let cell = Arc::new(MaterialCell::from(material));
+        Self {
+            server: server_config_with_clock(cell.clone(), None, clock.clone()),
+            client: client_config_with_clock(cell.clone(), clock),
+            cell,
+        }
+    }
+
     /// The configuration to dial `service` in dc1.
     fn dial(&self, service: &str) -> Arc<ClientConfig> {
         self.client
@@ -1012,7 +1025,19 @@ async fn handshake(
 /// Dials our `db` server (trusting `ca`) with a plain client presenting `leaf`; returns the
 /// server's verification error.
 async fn refused_client(ca: &TestCa, leaf: &Issued) -> VerifyError {
-    let db = Service::new(&roots(&[ca]), &ca.leaf("db"));
+    refused_by(Service::new(&roots(&[ca]), &ca.leaf("db")), leaf).await
+}
+
+/// [`refused_client`] by a server whose clock shows what `clock` does.
+async fn refused_client_at(ca: &TestCa, leaf: &Issued, clock: Arc<ManualClock>) -> VerifyError {
+    refused_by(
+        Service::with_clock(&roots(&[ca]), &ca.leaf("db"), clock),
+        leaf,
+    )
+    .await
+}
+
+async fn refused_by(db: Service, leaf: &Issued) -> VerifyError {
     let client = plain_client(Some(leaf), &[&rustls::version::TLS13], true);
     let (server_side, client_side) = handshake(db.server.clone(), client).await;
     assert_eq!(alert(client_side), AlertDescription::CertificateUnknown);
