@@ -129,9 +129,9 @@ pub enum FilesError {
         cert_file: PathBuf,
         /// The key file.
         key_file: PathBuf,
-        /// What failed.
+        /// What failed (boxed to keep the error small).
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     /// The leaf is valid but not the service's own (another service or datacenter).
     #[error("certificate file {cert_file:?}: {reason}")]
@@ -163,7 +163,7 @@ impl Contents {
                 ca_file: files.ca_file.clone(),
                 cert_file: files.cert_file.clone(),
                 key_file: files.key_file.clone(),
-                source,
+                source: Box::new(source),
             }
         })
     }

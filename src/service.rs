@@ -234,10 +234,10 @@ impl ConnectServiceBuilder {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::sync::Arc;
     /// use consul_connect::files::CertificateFiles;
-    /// use consul_connect::intentions::DefaultDecision;
-    /// use consul_connect::{ConnectService, IntentionsAuthorizer};
+    /// use consul_connect::{Authorizer, ConnectService};
     ///
-    /// # let authorizer: Arc<dyn consul_connect::Authorizer> = todo!();
+    /// # fn my_authorizer() -> Arc<dyn Authorizer> { unimplemented!() }
+    /// let authorizer: Arc<dyn Authorizer> = my_authorizer(); // decides who may connect
     /// let web = ConnectService::builder("web")
     ///     .certificate_files(CertificateFiles::new("ca.pem", "web.pem", "web-key.pem"))
     ///     .authorizer(authorizer)

@@ -380,7 +380,10 @@ async fn rewritten_files_are_picked_up_without_restart_or_dropping_connections()
         wait_for(service, |s| s.root_ids.len() == 1).await;
         assert!(service.status().last_error.is_none());
     }
-    assert_eq!(web.material().unwrap().root_certs(), [ca2.der.clone()]);
+    assert_eq!(
+        web.material().unwrap().root_certs(),
+        std::slice::from_ref(&ca2.der)
+    );
     let mut third = Conn::open(&web, addr, "db").await;
     assert_eq!(
         third.ask("three").await.unwrap(),
