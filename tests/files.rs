@@ -569,6 +569,48 @@ async fn build_refuses_files_without_an_authorizer_or_valid_material() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_service_and_its_errors_show_no_key() {
+    let dir = temp_dir("files-secrets");
+    let ca = TestCa::new(7);
+    write(&dir.join("ca.pem"), &ca.pem);
+    let web = ca.leaf("web");
+    let files = leaf_files(&dir, &web);
+    let builder = ConnectService::builder("web")
+        .certificate_files(files.certificate_files())
+        .clock(ManualClock::new(now()))
+        .authorizer(allow_only("web"));
+    let mut shown = vec![format!("{builder:?}")];
+    let service = builder.build().await.unwrap();
+    shown.push(format!("{service:?}"));
+    shown.push(format!("{:?}", service.material().unwrap()));
+    // A key that does not match: the error, in the status and from build, names no key.
+    let other = ca.leaf("web").key.serialize_pem();
+    write(&files.key, &other);
+    let status = wait_for_status(&service, |s| s.last_error.is_some()).await;
+    shown.push(format!("{status:?}"));
+    let err = ConnectService::builder("web")
+        .certificate_files(files.certificate_files())
+        .authorizer(allow_only("web"))
+        .build()
+        .await
+        .unwrap_err();
+    shown.push(format!("{err:?}"));
+    shown.push(err.to_string());
+    assert!(
+        shown[0].contains("web.pem"),
+        "the paths are shown: {}",
+        shown[0]
+    );
+    for key in [web.key.serialize_pem(), other] {
+        for line in key.lines().filter(|l| !l.starts_with("-----")) {
+            for text in &shown {
+                assert!(!text.contains(line), "key material in {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_check_validity_at_the_injected_clock() {
     let dir = temp_dir("files-clock");
     let ca = TestCa::new(7);
