@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 mod config;
+mod default_policy;
 mod transport;
 
 pub use config::*;
@@ -350,32 +351,35 @@ impl AgentClient {
         self.get(&path, &[("connect", "true")], opts).await
     }
 
-    /// What the agent decides when no intention matches, from `GET /v1/agent/self`
-    /// (`DebugConfig.ACLsEnabled` and `ACLDefaultPolicy`; the token needs `agent:read`).
+    /// What the agent decides for callers no intention matches, from `GET /v1/agent/self`
+    /// read as each Consul version offers it: `DebugConfig.DefaultIntentionPolicy` (1.18+),
+    /// else `DebugConfig.ACLsEnabled` with `ACLDefaultPolicy` (up to 1.10) or
+    /// `ACLResolverSettings.ACLDefaultPolicy` (1.11+), else the `X-Consul-Default-Acl-Policy`
+    /// header (1.9+, also on the 403 a token without `agent:read` gets). When none of them can
+    /// be read, the answer is deny, with a warning saying why.
+    ///
+    /// # Errors
+    ///
+    /// Only when the agent cannot be asked at all (unreachable, timed out).
     pub async fn intention_default(
         &self,
     ) -> Result<crate::intentions::DefaultDecision, AgentError> {
-        use crate::intentions::DefaultDecision;
-        let path = "/v1/agent/self";
-        let me: Indexed<serde_json::Value> = self.get(path, &[], &QueryOptions::default()).await?;
-        let debug = &me.value["DebugConfig"];
-        let decode_error = |what: &str| AgentError::Decode {
-            path: path.to_owned(),
-            source: <serde_json::Error as serde::de::Error>::custom(format!(
-                "DebugConfig.{what} missing or not understood"
-            )),
-        };
-        let enabled = debug["ACLsEnabled"]
-            .as_bool()
-            .ok_or_else(|| decode_error("ACLsEnabled"))?;
-        if !enabled {
-            return Ok(DefaultDecision::AclsDisabled);
-        }
-        match debug["ACLDefaultPolicy"].as_str() {
-            Some("allow") => Ok(DefaultDecision::AclDefaultAllow),
-            Some("deny") => Ok(DefaultDecision::AclDefaultDeny),
-            _ => Err(decode_error("ACLDefaultPolicy")),
-        }
+        let answer = self
+            .request(Method::GET, "/v1/agent/self", Bytes::new(), REQUEST_TIMEOUT)
+            .await?;
+        Ok(
+            match default_policy::from_agent_self(
+                answer.status,
+                &answer.body,
+                answer.default_acl_policy.as_deref(),
+            ) {
+                default_policy::Found::Read(decision) => decision,
+                default_policy::Found::Unknown(why) => {
+                    tracing::warn!(%why, "the agent's default for callers no intention matches cannot be read; denying them");
+                    crate::intentions::DefaultDecision::AclDefaultDeny
+                }
+            },
+        )
     }
 
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.
@@ -442,11 +446,14 @@ impl AgentClient {
         } else {
             format!("{path}?{query}")
         };
-        let (status, index, body) = self
+        let answer = self
             .request(Method::GET, &uri, Bytes::new(), timeout)
             .await?;
-        let value = decode(path, status, &body)?;
-        Ok(Indexed { value, index })
+        let value = decode(path, answer.status, &answer.body)?;
+        Ok(Indexed {
+            value,
+            index: answer.index,
+        })
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
@@ -455,10 +462,10 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, AgentError> {
-        let (status, _, bytes) = self
+        let answer = self
             .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
             .await?;
-        decode(path, status, &bytes)
+        decode(path, answer.status, &answer.body)
     }
 
     async fn send_no_body<B: Serialize>(
@@ -467,10 +474,10 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<(), AgentError> {
-        let (status, _, bytes) = self
+        let answer = self
             .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
             .await?;
-        check_status(path, status, &bytes)
+        check_status(path, answer.status, &answer.body)
     }
 
     async fn request(
@@ -479,7 +486,7 @@ impl AgentClient {
         path_and_query: &str,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<(StatusCode, u64, Bytes), AgentError> {
+    ) -> Result<Answer, AgentError> {
         let path = path_and_query
             .split('?')
             .next()
@@ -522,19 +529,28 @@ impl AgentClient {
                 .await
                 .map_err(|e| unreachable(connect_error(e)))?;
             let status = resp.status();
-            let index = resp
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let index = header("X-Consul-Index")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
+            let default_acl_policy = header("X-Consul-Default-Acl-Policy");
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| unreachable(Box::new(e)))?
                 .to_bytes();
-            Ok((status, index, body))
+            Ok(Answer {
+                status,
+                index,
+                default_acl_policy,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -544,6 +560,16 @@ impl AgentClient {
                 timeout,
             })?
     }
+}
+
+/// One answer of the agent: what the client reads of it.
+struct Answer {
+    status: StatusCode,
+    /// `X-Consul-Index`, 0 when absent.
+    index: u64,
+    /// `X-Consul-Default-Acl-Policy` (Consul 1.9+, on every answer).
+    default_acl_policy: Option<String>,
+    body: Bytes,
 }
 
 /// The pooled HTTP client to the agent. hyper-util's pool only expires idle connections when
