@@ -227,9 +227,7 @@ impl ConnectAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let signal = Arc::new(CloseSignal::default());
-        let mut guard = self
-            .connections
-            .register(peer, serial, generation, &signal);
+        let mut guard = self.connections.register(peer, serial, generation, &signal);
         if let Some(limit) = self.max_age {
             guard.close_after(limit, &self.target, peer, &signal);
         }

@@ -113,7 +113,9 @@ async fn closed_by_server(conn: &mut Conn) -> Result<ServerRefusal, String> {
     match tokio::time::timeout(Duration::from_secs(1), conn.lines.next_line()).await {
         Err(_) => Err("still open after 1 s".into()),
         Ok(Ok(line)) => Err(format!("not refused: read {line:?}")),
-        Ok(Err(e)) => ServerRefusal::from_io(&e).ok_or_else(|| format!("not a refusal alert: {e:?}")),
+        Ok(Err(e)) => {
+            ServerRefusal::from_io(&e).ok_or_else(|| format!("not a refusal alert: {e:?}"))
+        }
     }
 }
 
@@ -415,7 +417,11 @@ async fn a_deny_closes_open_connections_for_both_authorizers() {
             answer.is_some_and(|a| a.starts_with("still there from api")),
             "{name}: another client's connection stays open"
         );
-        assert_eq!(refusal(&web, *addr).await, Ok(ServerRefusal::Denied), "{name}");
+        assert_eq!(
+            refusal(&web, *addr).await,
+            Ok(ServerRefusal::Denied),
+            "{name}"
+        );
     }
 }
 
@@ -455,7 +461,11 @@ async fn connections_are_closed_at_their_maximum_age() {
         .await
         .expect("closed at its maximum age");
     assert!(matches!(end, Ok(None)), "a graceful end: {end:?}");
-    assert!(opened.elapsed() >= limit, "closed after {:?}", opened.elapsed());
+    assert!(
+        opened.elapsed() >= limit,
+        "closed after {:?}",
+        opened.elapsed()
+    );
     let mut again = Conn::open(&web, addr, "db").await.unwrap();
     assert_eq!(again.ask("pong").await.as_deref(), Some("pong"));
 }

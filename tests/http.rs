@@ -482,7 +482,10 @@ async fn denied_caller_gets_no_http_response() {
 fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<ServerRefusal> {
     let mut cause = Some(err);
     while let Some(e) = cause {
-        if let Some(found) = e.downcast_ref::<std::io::Error>().and_then(ServerRefusal::from_io) {
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(ServerRefusal::from_io)
+        {
             return Some(found);
         }
         if e.to_string() == "received fatal alert: AccessDenied" {
@@ -517,7 +520,10 @@ async fn a_deny_closes_an_open_http2_connection_for_both_authorizers() {
     // when it was reached.
     let (entered, mut hanging) = tokio::sync::mpsc::unbounded_channel::<()>();
     let app = Router::new()
-        .route("/", get(|caller: Caller| async move { caller.remote_addr().to_string() }))
+        .route(
+            "/",
+            get(|caller: Caller| async move { caller.remote_addr().to_string() }),
+        )
         .route(
             "/hang",
             get(move || {
@@ -563,10 +569,21 @@ async fn a_deny_closes_an_open_http2_connection_for_both_authorizers() {
             Some(ServerRefusal::Denied),
             "{name}: {failed:?}"
         );
-        let err = web_http.get(&url).await.expect_err("a new connection is refused");
-        assert_eq!(refusal_in(&err), Some(ServerRefusal::Denied), "{name}: {err:?}");
+        let err = web_http
+            .get(&url)
+            .await
+            .expect_err("a new connection is refused");
+        assert_eq!(
+            refusal_in(&err),
+            Some(ServerRefusal::Denied),
+            "{name}: {err:?}"
+        );
         // The other caller is still served, on the same connection.
-        assert_eq!(body(api_http.get(&url).await.unwrap()).await, api_addr, "{name}");
+        assert_eq!(
+            body(api_http.get(&url).await.unwrap()).await,
+            api_addr,
+            "{name}"
+        );
     }
 }
 

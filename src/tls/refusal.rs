@@ -102,7 +102,10 @@ pub(crate) async fn refuse_after_handshake<IO>(
 
 /// The last bytes to send on an established connection refused with `alert`: what rustls
 /// still holds for the peer, then the sealed alert (TLS 1.3) or `close_notify`.
-pub(crate) fn final_records(mut conn: rustls::ServerConnection, alert: AlertDescription) -> Vec<u8> {
+pub(crate) fn final_records(
+    mut conn: rustls::ServerConnection,
+    alert: AlertDescription,
+) -> Vec<u8> {
     let mut out = Vec::new();
     while conn.wants_write() {
         if conn.write_tls(&mut out).is_err() {
