@@ -21,7 +21,7 @@ use crate::telemetry;
 pub use crate::acceptor::RejectReason;
 
 /// A server-side Connect stream over TCP: the TLS stream, closed by the server when the client
-/// is no longer authorized (see [`ServerStream`](crate::acceptor::ServerStream)).
+/// is no longer authorized or the connection is older than the listener allows.
 pub use crate::acceptor::ServerStream;
 
 /// Default limit for a client to complete the TLS handshake and authorization.
