@@ -95,6 +95,7 @@ fn decide(c: &mut Criterion) {
                     "default",
                     black_box("svc-0"),
                     DefaultDecision::AclDefaultDeny,
+                    consul_connect_types::intentions::Wording::Consul1_9,
                 )
             })
         });
@@ -106,6 +107,7 @@ fn decide(c: &mut Criterion) {
                     "default",
                     black_box("svc-0"),
                     DefaultDecision::AclDefaultDeny,
+                    consul_connect_types::intentions::Wording::Consul1_9,
                 )
             })
         });

@@ -26,6 +26,9 @@ struct Args {
     /// Dial this address instead of discovering the upstream.
     #[arg(long)]
     addr: Option<String>,
+    /// Discover the upstream in this datacenter (default: the agent's).
+    #[arg(long)]
+    datacenter: Option<String>,
 }
 
 #[tokio::main]
@@ -44,10 +47,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     service.ready_timeout(Duration::from_secs(30)).await?;
     let resolver: Box<dyn Resolver> = match args.addr {
         Some(addr) => Box::new(StaticResolver::new(addr, &args.upstream)),
-        None => Box::new(CatalogResolver::new(
-            service.agent().clone(),
-            &args.upstream,
-        )),
+        None => {
+            let mut resolver = CatalogResolver::new(service.agent().clone(), &args.upstream);
+            if let Some(dc) = &args.datacenter {
+                resolver = resolver.datacenter(dc);
+            }
+            Box::new(resolver)
+        }
     };
     let stream = service.dialer().dial(resolver.as_ref()).await?;
     let (read, mut write) = tokio::io::split(stream);

@@ -23,6 +23,17 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9191")]
     listen: SocketAddr,
+    /// Who decides for each client: `agent` (the agent's authorize endpoint, after the
+    /// handshake) or `intentions` (the intentions, watched and evaluated in-process, inside
+    /// the handshake).
+    #[arg(long, value_enum, default_value = "agent")]
+    authorizer: AuthorizerKind,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthorizerKind {
+    Agent,
+    Intentions,
 }
 
 #[tokio::main]
@@ -35,7 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let service = ConnectService::builder(&args.service).build().await?;
+    let mut builder = ConnectService::builder(&args.service);
+    if let AuthorizerKind::Intentions = args.authorizer {
+        builder = builder.intentions_authorizer_from_agent();
+    }
+    let service = builder.build().await?;
     service.ready_timeout(Duration::from_secs(30)).await?;
     let mut listener = ConnectListener::bind(&service, args.listen).await?;
     let addr = listener.local_addr();

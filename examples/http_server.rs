@@ -29,6 +29,16 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9292")]
     listen: SocketAddr,
+    /// Who decides for each client: `agent` (the agent's authorize endpoint, after the
+    /// handshake) or `intentions` (evaluated in-process, inside the handshake).
+    #[arg(long, value_enum, default_value = "agent")]
+    authorizer: AuthorizerKind,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthorizerKind {
+    Agent,
+    Intentions,
 }
 
 /// `GET /`: who called, over which HTTP version.
@@ -46,7 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let service = ConnectService::builder(&args.service).build().await?;
+    let mut builder = ConnectService::builder(&args.service);
+    if let AuthorizerKind::Intentions = args.authorizer {
+        builder = builder.intentions_authorizer_from_agent();
+    }
+    let service = builder.build().await?;
     service.ready_timeout(Duration::from_secs(30)).await?;
     let listener = ConnectListener::bind(&service, args.listen).await?;
     let addr = listener.local_addr();

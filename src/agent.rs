@@ -5,7 +5,7 @@
 //! # async fn run() -> Result<(), consul_connect::agent::AgentError> {
 //! use consul_connect::agent::{AgentClient, QueryOptions};
 //!
-//! // CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN, as every Consul client reads them.
+//! // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ... as Go's `api.DefaultConfig()`.
 //! let agent = AgentClient::from_env()?;
 //! let roots = agent.roots(&QueryOptions::default()).await?;
 //! println!("trust domain {} at index {}", roots.value.trust_domain, roots.index);
@@ -20,13 +20,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
+
+mod config;
+mod transport;
+
+pub use config::*;
+use transport::AgentConnector;
 
 use crate::api::{
     AuthorizeRequest, AuthorizeResponse, CaRootList, Intention, IntentionCreated, IntentionMatches,
@@ -52,6 +57,15 @@ pub enum AgentError {
         addr: String,
         /// Why it was refused.
         reason: &'static str,
+    },
+    /// A setting (named by its environment variable, e.g. `CONSUL_CACERT`) is not usable: a
+    /// malformed value, or a file that cannot be read or parsed.
+    #[error("{setting}: {message}")]
+    Config {
+        /// The environment variable the setting is read from.
+        setting: &'static str,
+        /// What is wrong, naming the file where there is one.
+        message: String,
     },
     /// The agent could not be reached.
     #[error("cannot reach the Consul agent at {addr} ({path}): {source}")]
@@ -163,36 +177,75 @@ pub struct AgentClient {
     inner: Arc<ClientInner>,
 }
 
+#[derive(Clone)]
 struct ClientInner {
-    http: Client<HttpConnector, Full<Bytes>>,
-    /// `http://host:port`
+    http: Client<AgentConnector, Full<Bytes>>,
+    connector: AgentConnector,
+    /// `http(s)://authority[/prefix]`, prepended to each request's path.
     base: String,
+    /// What [`AgentClient::address`] shows.
+    display: String,
     token: Option<Token>,
+    /// `Authorization: Basic …`, marked sensitive.
+    basic_auth: Option<http::HeaderValue>,
+    namespace: Option<String>,
+    partition: Option<String>,
     idle_timeout: Duration,
+}
+
+impl ClientInner {
+    /// `path_and_query` with the client's `ns` and `partition` parameters, as Go's client
+    /// adds them to every request.
+    fn path_with_scope(&self, path_and_query: &str) -> String {
+        let mut out = path_and_query.to_owned();
+        for (key, value) in [("ns", &self.namespace), ("partition", &self.partition)] {
+            if let Some(value) = value {
+                out.push(if out.contains('?') { '&' } else { '?' });
+                out.push_str(&form_query(&[(key, value)]));
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    fn connector_dial(&self) -> transport::Dial {
+        self.connector.dial().clone()
+    }
 }
 
 impl fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentClient")
-            .field("addr", &self.inner.base)
+            .field("addr", &self.inner.display)
             .field("token", &self.inner.token)
+            .field(
+                "basic_auth",
+                &self.inner.basic_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .field("namespace", &self.inner.namespace)
+            .field("partition", &self.inner.partition)
             .field("idle_timeout", &self.inner.idle_timeout)
             .finish()
     }
 }
 
 impl AgentClient {
-    /// A client for `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`) with `CONSUL_HTTP_TOKEN`.
-    pub fn from_env() -> Result<Self, AgentError> {
-        let addr = std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
-        let client = Self::new(&addr)?;
-        Ok(match std::env::var("CONSUL_HTTP_TOKEN") {
-            Ok(token) if !token.is_empty() => client.with_token(Token::new(token)),
-            _ => client,
-        })
+    /// A builder with Go's defaults (`127.0.0.1:8500`, plain HTTP, no token); see
+    /// [`AgentClientBuilder::from_env`] to start from the environment instead.
+    pub fn builder() -> AgentClientBuilder {
+        AgentClientBuilder::default()
     }
 
-    /// A client for the agent at `addr`: `host:port` or `http://host:port`.
+    /// A client configured from the `CONSUL_*` environment variables as Go's
+    /// `api.DefaultConfig()` reads them: `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`),
+    /// `CONSUL_HTTP_TOKEN` / `CONSUL_HTTP_TOKEN_FILE`, TLS settings, namespace and partition
+    /// (see [`AgentClientBuilder`]).
+    pub fn from_env() -> Result<Self, AgentError> {
+        AgentClientBuilder::from_env()?.build()
+    }
+
+    /// A client for the agent at `addr` (`host:port`, `http://host:port`, `https://host:port`
+    /// verified with the system's CAs, or `unix:///path`) with no other settings.
     ///
     /// ```
     /// let agent = consul_connect::agent::AgentClient::new("127.0.0.1:8500")?;
@@ -200,48 +253,15 @@ impl AgentClient {
     /// # Ok::<(), consul_connect::agent::AgentError>(())
     /// ```
     pub fn new(addr: &str) -> Result<Self, AgentError> {
-        let invalid = |reason| AgentError::InvalidAddress {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let host_port = match addr.split_once("://") {
-            None => addr,
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => {
-                return Err(invalid("https agent addresses are not supported yet"))
-            }
-            Some(("unix", _)) => {
-                return Err(invalid("unix socket agent addresses are not supported"))
-            }
-            Some(_) => return Err(invalid("the scheme must be http")),
-        };
-        let host_port = host_port.trim_end_matches('/');
-        if host_port.is_empty() || host_port.contains(['/', '?', '#', '@']) {
-            return Err(invalid("expected host:port"));
-        }
-        let base = format!("http://{host_port}");
-        if base.parse::<http::Uri>().is_err() {
-            return Err(invalid("expected host:port"));
-        }
-        Ok(Self {
-            inner: Arc::new(ClientInner {
-                http: pooled_client(DEFAULT_IDLE_TIMEOUT),
-                base,
-                token: None,
-                idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            }),
-        })
+        Self::builder().address(addr).build()
     }
 
     /// The same agent, sending `token` as `X-Consul-Token` on every request.
     pub fn with_token(self, token: Token) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.token = Some(token);
         Self {
-            inner: Arc::new(ClientInner {
-                http: self.inner.http.clone(),
-                base: self.inner.base.clone(),
-                token: Some(token),
-                idle_timeout: self.inner.idle_timeout,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -256,13 +276,11 @@ impl AgentClient {
     /// # Ok::<(), consul_connect::agent::AgentError>(())
     /// ```
     pub fn with_idle_timeout(self, idle: Duration) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.http = pooled_client(inner.connector.clone(), idle);
+        inner.idle_timeout = idle;
         Self {
-            inner: Arc::new(ClientInner {
-                http: pooled_client(idle),
-                base: self.inner.base.clone(),
-                token: self.inner.token.clone(),
-                idle_timeout: idle,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -271,9 +289,10 @@ impl AgentClient {
         self.inner.idle_timeout
     }
 
-    /// The agent's `host:port`.
+    /// The agent's address: `host:port` for plain HTTP over TCP, the whole URL otherwise
+    /// (`https://host:port`, `unix:///path`).
     pub fn address(&self) -> &str {
-        self.inner.base.trim_start_matches("http://")
+        &self.inner.display
     }
 
     /// `GET /v1/agent/connect/ca/roots`.
@@ -474,7 +493,11 @@ impl AgentClient {
             };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.inner.base, path_and_query))
+            .uri(format!(
+                "{}{}",
+                self.inner.base,
+                self.inner.path_with_scope(path_and_query)
+            ))
             .header(
                 header::USER_AGENT,
                 concat!("consul-connect-rust/", env!("CARGO_PKG_VERSION")),
@@ -485,6 +508,9 @@ impl AgentClient {
         if let Some(token) = &self.inner.token {
             req = req.header("X-Consul-Token", token.expose());
         }
+        if let Some(auth) = &self.inner.basic_auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
         let req = req
             .body(Full::new(body))
             .map_err(|e| unreachable(Box::new(e)))?;
@@ -494,7 +520,7 @@ impl AgentClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(Box::new(e)))?;
+                .map_err(|e| unreachable(connect_error(e)))?;
             let status = resp.status();
             let index = resp
                 .headers()
@@ -523,14 +549,18 @@ impl AgentClient {
 /// The pooled HTTP client to the agent. hyper-util's pool only expires idle connections when
 /// it has a timer: without `pool_timer`, `pool_idle_timeout` is silently ignored and every
 /// connection stays open for the client's life.
-fn pooled_client(idle: Duration) -> Client<HttpConnector, Full<Bytes>> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+fn pooled_client(connector: AgentConnector, idle: Duration) -> Client<AgentConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle)
         .build(connector)
+}
+
+/// A failed exchange as one message with its causes: hyper's own text ("client error
+/// (Connect)") says nothing of why, the causes do (the agent's certificate is not signed by the
+/// CA given, the agent wants a client certificate, the socket does not exist).
+fn connect_error(e: hyper_util::client::legacy::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    crate::telemetry::error_chain(&e).into()
 }
 
 fn json_bytes<B: Serialize>(body: Option<&B>) -> Bytes {
@@ -759,14 +789,7 @@ mod tests {
                 .address(),
             "localhost:8500"
         );
-        for bad in [
-            "",
-            "https://x:1",
-            "unix:///tmp/s",
-            "ftp://x",
-            "http://",
-            "x:1/path",
-        ] {
+        for bad in ["", "unix://", "ftp://x", "http://", "x:1/path", "x:1?q"] {
             assert!(AgentClient::new(bad).is_err(), "{bad:?}");
         }
     }

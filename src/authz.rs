@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::agent::{run_watch, AgentClient, AgentError, QueryOptions, WatchConfig, WatchEvent};
 use crate::api::{AuthorizeRequest, Intention};
-use crate::intentions::{decide_matches, DefaultDecision};
+use crate::intentions::{decide_matches, DefaultDecision, Wording};
 use crate::spiffe::ServiceId;
 use crate::telemetry;
 use crate::tls::HandshakeAuthorizer;
@@ -351,7 +351,8 @@ impl IntentionsState {
                 reason: "intentions not loaded yet".into(),
             },
             Some(list) => {
-                let d = decide_matches(list.iter(), peer, self.default);
+                // The SDK cannot know the agent's version; it words reasons as current Consul.
+                let d = decide_matches(list.iter(), peer, self.default, Wording::Consul1_9);
                 Authorization {
                     allowed: d.allowed,
                     reason: d.reason,

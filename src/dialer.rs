@@ -10,10 +10,11 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::agent::AgentClient;
 use crate::resolve::{Candidate, CatalogResolver, ResolveError, Resolver};
-use crate::service::ConnectService;
 use crate::telemetry;
 use crate::tls::VerifyError;
+use crate::tls::{ConnectClientConfig, MaterialCell};
 
 /// A client-side Connect stream.
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -128,7 +129,7 @@ pub enum DialError {
     },
 }
 
-/// Connects to other services as a [`ConnectService`].
+/// Connects to other services as a [`ConnectService`](crate::ConnectService).
 ///
 /// ```no_run
 /// # async fn run(web: consul_connect::ConnectService) -> Result<(), Box<dyn std::error::Error>> {
@@ -139,7 +140,13 @@ pub enum DialError {
 /// ```
 #[derive(Clone)]
 pub struct ConnectDialer {
-    service: ConnectService,
+    /// The dialing service's name (for logs and metrics).
+    name: Arc<str>,
+    agent: AgentClient,
+    cell: Arc<MaterialCell>,
+    client: ConnectClientConfig,
+    /// Keeps the dialing service's watches running for as long as the dialer lives.
+    _service: Arc<dyn std::any::Any + Send + Sync>,
     timeout: Duration,
     /// ALPN protocols to offer instead of the configuration's (`h2`, `http/1.1`).
     alpn: Option<Arc<[Vec<u8>]>>,
@@ -154,7 +161,7 @@ impl fmt::Debug for ConnectDialer {
                 .collect::<Vec<_>>()
         });
         f.debug_struct("ConnectDialer")
-            .field("service", &self.service.name())
+            .field("service", &self.name)
             .field("timeout", &self.timeout)
             .field("alpn", &alpn)
             .finish()
@@ -162,9 +169,21 @@ impl fmt::Debug for ConnectDialer {
 }
 
 impl ConnectDialer {
-    pub(crate) fn new(service: ConnectService) -> Self {
+    /// A dialer for the service `name`, with its agent, material and client configuration;
+    /// `service` is held to keep the service's watches running.
+    pub(crate) fn new(
+        name: &str,
+        agent: AgentClient,
+        cell: Arc<MaterialCell>,
+        client: ConnectClientConfig,
+        service: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
         Self {
-            service,
+            name: name.into(),
+            agent,
+            cell,
+            client,
+            _service: service,
             timeout: DEFAULT_DIAL_TIMEOUT,
             alpn: None,
         }
@@ -193,15 +212,15 @@ impl ConnectDialer {
 
     /// Finds `service` through the agent's catalog and dials it.
     pub async fn dial_service(&self, service: &str) -> Result<ClientStream, DialError> {
-        let resolver = CatalogResolver::new(self.service.agent().clone(), service);
+        let resolver = CatalogResolver::new(self.agent.clone(), service);
         self.dial(&resolver).await
     }
 
     /// Resolves and tries each candidate in turn until one completes a verified handshake.
     pub async fn dial(&self, resolver: &dyn Resolver) -> Result<ClientStream, DialError> {
-        if self.service.material().is_none() {
+        if self.cell.load().is_none() {
             return Err(DialError::NotReady {
-                service: self.service.name().to_owned(),
+                service: self.name.to_string(),
             });
         }
         let target = resolver.service().to_owned();
@@ -236,17 +255,14 @@ impl ConnectDialer {
             .await
             .map_err(AttemptError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let mut config = self
-            .service
-            .client_config()
-            .for_server(candidate.expected.clone());
+        let mut config = self.client.for_server(candidate.expected.clone());
         if let Some(alpn) = &self.alpn {
             Arc::make_mut(&mut config).alpn_protocols = alpn.to_vec();
         }
         // SPIFFE peers have no DNS name and no SNI is sent; rustls still wants a name, so give
         // it the peer's IP. The verifier checks the SPIFFE identity instead.
         let ip: IpAddr = tcp.peer_addr().map_err(AttemptError::Connect)?.ip();
-        let span = tracing::info_span!("connect.handshake", side = "client", service = %self.service.name(), target = %candidate.expected, addr = %candidate.addr);
+        let span = tracing::info_span!("connect.handshake", side = "client", service = %self.name, target = %candidate.expected, addr = %candidate.addr);
         let connect = TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp);
         let result = tracing::Instrument::instrument(connect, span)
             .await
@@ -266,7 +282,7 @@ impl ConnectDialer {
             Err(AttemptError::Refused(_)) => Err("authz_unavailable"),
             Err(_) => Err("tls"),
         };
-        telemetry::handshake(self.service.name(), "client", outcome);
+        telemetry::handshake(&self.name, "client", outcome);
         result
     }
 }

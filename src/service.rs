@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::agent::{
-    run_watch, AgentClient, AgentError, QueryOptions, Token, WatchConfig, WatchEvent,
+    run_watch, AgentClient, AgentClientBuilder, AgentError, QueryOptions, Token, WatchConfig,
+    WatchEvent,
 };
 use crate::api::{CaRootList, LeafCert};
 use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
@@ -81,11 +82,18 @@ enum AuthorizerChoice {
     Custom(Arc<dyn Authorizer>),
 }
 
+/// Where the service's agent client comes from.
+#[derive(Debug)]
+enum AgentSource {
+    Client(AgentClient),
+    Builder(Box<AgentClientBuilder>),
+}
+
 /// Configures a [`ConnectService`].
 #[derive(Debug)]
 pub struct ConnectServiceBuilder {
     name: String,
-    agent: Option<AgentClient>,
+    agent: Option<AgentSource>,
     token: Option<Token>,
     datacenter: Option<String>,
     authorizer: AuthorizerChoice,
@@ -110,9 +118,28 @@ impl ConnectServiceBuilder {
         self
     }
 
-    /// The agent to use (default: from `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN`).
+    /// The agent to use (default: [`AgentClient::from_env`], the `CONSUL_*` variables as Go's
+    /// `api.DefaultConfig()` reads them).
     pub fn agent(mut self, agent: AgentClient) -> Self {
-        self.agent = Some(agent);
+        self.agent = Some(AgentSource::Client(agent));
+        self
+    }
+
+    /// The agent to use, as configured by `builder` (built, and its files read, by
+    /// [`build`](Self::build)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), consul_connect::agent::AgentError> {
+    /// use consul_connect::agent::AgentClientBuilder;
+    /// let agent = AgentClientBuilder::from_env()?.ca_file("/etc/consul/ca.pem");
+    /// let service = consul_connect::ConnectService::builder("web")
+    ///     .agent_builder(agent)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn agent_builder(mut self, builder: AgentClientBuilder) -> Self {
+        self.agent = Some(AgentSource::Builder(Box::new(builder)));
         self
     }
 
@@ -160,7 +187,8 @@ impl ConnectServiceBuilder {
     /// wait for the first certificate.
     pub async fn build(self) -> Result<ConnectService, AgentError> {
         let mut agent = match self.agent {
-            Some(agent) => agent,
+            Some(AgentSource::Client(agent)) => agent,
+            Some(AgentSource::Builder(builder)) => builder.build()?,
             None => AgentClient::from_env()?,
         };
         if let Some(token) = self.token {
@@ -409,7 +437,13 @@ impl ConnectService {
 
     /// A dialer for connecting to other services as this one.
     pub fn dialer(&self) -> ConnectDialer {
-        ConnectDialer::new(self.clone())
+        ConnectDialer::new(
+            &self.shared.name,
+            self.shared.agent.clone(),
+            self.shared.cell.clone(),
+            self.shared.client.clone(),
+            self.shared.clone(),
+        )
     }
 
     /// Stops the watches. Existing connections are not touched; new handshakes keep using the

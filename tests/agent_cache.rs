@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agent_sim::clock::ManualClock;
 use agent_sim::Agent;
-use support::agent::{start_agent, Answer, Raw, TRUST_DOMAIN};
+use support::agent::{start_agent_1_4_5 as start_agent, Answer, Raw, TRUST_DOMAIN};
 use time::OffsetDateTime;
 
 const TTL: Duration = Duration::from_secs(72 * 3600);

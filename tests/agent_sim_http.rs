@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::agent::{start_agent, temp_dir, Raw, TRUST_DOMAIN};
+use support::agent::{start_agent_1_4_5 as start_agent, temp_dir, Raw, TRUST_DOMAIN};
 use support::samples::Sample;
 
 fn web_uri() -> String {
@@ -545,6 +545,7 @@ async fn a_missed_ttl_wakes_blocking_health_queries() {
     use std::sync::Arc;
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let agent = agent_sim::agent::Agent::builder()
+        .consul_version(agent_sim::profile::ConsulVersion::V1_4_5)
         .clock(clock.clone())
         .start()
         .await
@@ -624,6 +625,7 @@ async fn ttl_check_state_survives_a_restart_until_it_expires() {
     let dir = temp_dir("ttl-restart");
     let start = || {
         agent_sim::agent::Agent::builder()
+            .consul_version(agent_sim::profile::ConsulVersion::V1_4_5)
             .clock(clock.clone())
             .data_dir(&dir)
             .start()

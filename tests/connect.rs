@@ -245,9 +245,9 @@ async fn a_deny_is_access_denied_for_both_authorizers() {
             "{name}"
         );
         assert!(
-            rejection
-                .reason
-                .contains(&format!("DENY default/web => default/db (ID: {id}")),
+            rejection.reason.contains(&format!(
+                "default/web => default/db (ID: {id}, Precedence: 9, Action: DENY)"
+            )),
             "{name}: {}",
             rejection.reason
         );
@@ -370,7 +370,7 @@ async fn allowed_by_default_then_denied_by_an_intention() {
     assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
     assert!(
         rejection.reason.contains(&format!(
-            "Matched intention: DENY default/web => default/db (ID: {id}, Precedence: 9)"
+            "Matched L4 intention: default/web => default/db (ID: {id}, Precedence: 9, Action: DENY)"
         )),
         "{}",
         rejection.reason
@@ -493,7 +493,8 @@ async fn wildcard_deny_is_the_default_and_exact_allow_wins() {
     );
     let rejection = next_rejection(&mut rejections).await;
     assert!(
-        rejection.reason.contains("DENY default/* => default/*"),
+        rejection.reason.contains("default/* => default/* (ID: ")
+            && rejection.reason.contains("Precedence: 5, Action: DENY)"),
         "{}",
         rejection.reason
     );
@@ -549,7 +550,7 @@ async fn intentions_authorizer_refuses_inside_the_handshake() {
     assert!(
         rejection
             .reason
-            .contains("Matched intention: DENY default/web => default/db"),
+            .contains("Matched L4 intention: default/web => default/db (ID: "),
         "{}",
         rejection.reason
     );

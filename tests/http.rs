@@ -462,7 +462,8 @@ async fn denied_caller_gets_no_http_response() {
     let rejection = next_rejection(&mut rejections).await;
     assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
     assert!(
-        rejection.reason.contains("DENY default/web => default/db"),
+        rejection.reason.contains("default/web => default/db (ID: ")
+            && rejection.reason.contains("Action: DENY)"),
         "{}",
         rejection.reason
     );
@@ -716,7 +717,8 @@ async fn grpc_unary_call_over_connect_and_a_denied_caller() {
     let rejection = next_rejection(&mut rejections).await;
     assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("api"));
     assert!(
-        rejection.reason.contains("DENY default/api => default/db"),
+        rejection.reason.contains("default/api => default/db (ID: ")
+            && rejection.reason.contains("Action: DENY)"),
         "{}",
         rejection.reason
     );
@@ -794,7 +796,10 @@ async fn curl_with_a_leaf_gets_an_answer_naming_it_until_denied() {
         assert!(!err.contains("caller="), "{err}");
         let rejection = next_rejection(&mut rejections).await;
         assert!(
-            rejection.reason.contains("DENY default/web => default/api"),
+            rejection
+                .reason
+                .contains("default/web => default/api (ID: ")
+                && rejection.reason.contains("Action: DENY)"),
             "{}",
             rejection.reason
         );

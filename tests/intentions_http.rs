@@ -9,7 +9,7 @@ use agent_sim::intentions::IntentionSet;
 use consul_connect::api::Intention;
 use consul_connect::intentions::DefaultDecision;
 use consul_connect::spiffe::ServiceId;
-use support::agent::{start_agent, Raw, TRUST_DOMAIN};
+use support::agent::{start_agent_1_4_5 as start_agent, Raw, TRUST_DOMAIN};
 
 /// Exact and wildcard sources and destinations, allow and deny, including a default deny.
 const INTENTIONS: &[(&str, &str, &str)] = &[
@@ -71,6 +71,7 @@ async fn check_and_authorize_agree_with_the_pure_rules() {
                 "default",
                 destination,
                 DefaultDecision::AclsDisabled,
+                consul_connect_types::intentions::Wording::Consul1_4,
             );
             let check = raw
                 .get(&format!(

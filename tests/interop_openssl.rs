@@ -413,10 +413,16 @@ struct EchoServer {
 
 impl EchoServer {
     async fn start(agent: &Agent, raw: &Raw) -> EchoServer {
+        Self::start_with(agent, raw, &[]).await
+    }
+
+    /// `echo_server` with `extra` arguments.
+    async fn start_with(agent: &Agent, raw: &Raw, extra: &[&str]) -> EchoServer {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(example_binary("echo_server"));
         cmd.args(["--service", "echo", "--listen", &listen])
+            .args(extra)
             .env("CONSUL_HTTP_ADDR", agent.addr().to_string())
             .env_remove("CONSUL_HTTP_TOKEN")
             .env("RUST_LOG", "consul_connect=debug");
@@ -655,6 +661,39 @@ async fn s_client_gets_no_echo_once_an_intention_denies_web() {
         assert_refused(client, &unique("after-deny"));
     }
 
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_server_with_the_intentions_authorizer_refuses_inside_the_handshake() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let created = raw
+        .post(
+            "/v1/connect/intentions",
+            r#"{"SourceName":"web","DestinationName":"echo","Action":"deny"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let server = EchoServer::start_with(&agent, &raw, &["--authorizer", "intentions"]).await;
+    let pki = client_pki(&raw, "interop-intentions").await;
+    let dir = temp_dir("interop-intentions-api");
+    let api = write_leaf(&raw, &dir, "api").await;
+
+    // web is denied by the intention; api, which no intention names, is allowed by default,
+    // so the refusal is the intention's and not a fail-closed start.
+    for extra in [vec!["-quiet"], vec!["-quiet", "-tls1_2"]] {
+        let client = s_client(server.port, &pki.roots, Some(&pki.web), &extra);
+        let stderr = assert_refused(client, &unique("denied"));
+        assert!(
+            stderr.contains("access denied") || stderr.contains("alert number 49"),
+            "refused inside the handshake with access_denied: {stderr}"
+        );
+        let mut client = s_client(server.port, &pki.roots, Some(&api), &extra);
+        let line = unique("allowed");
+        client.send_line(&line);
+        assert_eq!(client.next_line(STEP), Ok(line), "{}", client.output());
+    }
     server.stop();
 }
 

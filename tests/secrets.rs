@@ -493,6 +493,78 @@ fn log_capture() -> &'static Capture {
     })
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_logged_once_with_the_peer() {
+    let capture = log_capture();
+    let agent = Agent::builder()
+        .cluster_id(CLUSTER_ID)
+        .start()
+        .await
+        .unwrap();
+    let client = AgentClient::new(&agent.addr().to_string()).unwrap();
+    let caller = ready_service(&client, "once-web").await;
+    let deny: Intention = serde_json::from_value(serde_json::json!({
+        "SourceName": "once-web", "DestinationName": "once-db", "Action": "deny",
+    }))
+    .unwrap();
+    client.create_intention(&deny).await.unwrap();
+    let intentions = Arc::new(IntentionsAuthorizer::start(
+        client.clone(),
+        "once-db",
+        DefaultDecision::AclsDisabled,
+    ));
+    intentions.loaded().await;
+    for (name, authorizer) in [
+        ("agent", None),
+        (
+            "intentions",
+            Some(intentions as Arc<dyn consul_connect::Authorizer>),
+        ),
+    ] {
+        let mut builder = ConnectService::builder("once-db")
+            .agent(client.clone())
+            .watch_config(watch_config());
+        if let Some(authorizer) = authorizer {
+            builder = builder.authorizer(authorizer);
+        }
+        let server = builder.build().await.unwrap();
+        server.ready_timeout(Duration::from_secs(10)).await.unwrap();
+        let listener = ConnectListener::bind(&server, "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr();
+        let mut rejections = listener.rejections();
+        let start = capture.text().len();
+        let _ = caller
+            .dialer()
+            .dial(&StaticResolver::new(addr.to_string(), "once-db"))
+            .await;
+        tokio::time::timeout(Duration::from_secs(5), rejections.recv())
+            .await
+            .expect("the refusal is reported")
+            .unwrap();
+        // The server's refusal messages at INFO and above, for this service only.
+        let text = capture.text();
+        let logged: Vec<&str> = text[start..]
+            .lines()
+            .filter(|l| l.contains("once-db") && (l.contains(" INFO ") || l.contains(" WARN ")))
+            .filter(|l| {
+                [
+                    "Connect client refused",
+                    "client refused by",
+                    "client certificate refused",
+                ]
+                .iter()
+                .any(|m| l.contains(m))
+            })
+            .collect();
+        assert_eq!(logged.len(), 1, "{name}: {logged:#?}");
+        assert!(
+            logged[0].contains("peer=spiffe://") && logged[0].contains("/svc/once-web"),
+            "{name}: {}",
+            logged[0]
+        );
+    }
+}
+
 /// One line to `addr` as `client` (dialing `server`); the echo, or why there was none.
 async fn echo_once(client: &ConnectService, server: &str) -> Result<String, String> {
     let stream = client

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::acl_rules::DefaultPolicy;
 use crate::cache::{CacheSettings, ConnectCache, EvictorHandle};
 use crate::clock::{Clock, SystemClock};
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, Listener};
 use crate::state::acl::AclSettings;
 use crate::state::{CaSettings, Store, StoreSettings};
+use crate::tls::TlsFiles;
 
 /// Why agent-sim could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,17 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The unix socket could not be bound.
+    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    BindUnix {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTPS API's certificate, key or CA is not usable.
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The CA or the data directory could not be set up.
     #[error("cannot open the state store: {0}")]
     Store(#[from] crate::state::OpenError),
@@ -45,6 +58,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct AgentBuilder {
     http_addr: SocketAddr,
+    http_unix: Option<std::path::PathBuf>,
+    https_addr: Option<SocketAddr>,
+    tls: TlsFiles,
     datacenter: String,
     node_name: String,
     ca: CaSettings,
@@ -52,13 +68,14 @@ pub struct AgentBuilder {
     cache: CacheSettings,
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
-    acl_rules: crate::acl_versions::AclRules,
+    version: crate::profile::ConsulVersion,
 }
 
 impl AgentBuilder {
-    /// Decide the version-dependent ACL questions as this Consul version does (default 1.4.5).
-    pub fn acl_rules(mut self, rules: crate::acl_versions::AclRules) -> Self {
-        self.acl_rules = rules;
+    /// The Consul version to answer as (default: the newest emulated, 1.10.9), ACL decisions
+    /// included.
+    pub fn consul_version(mut self, version: crate::profile::ConsulVersion) -> Self {
+        self.version = version;
         self
     }
 
@@ -100,6 +117,49 @@ impl AgentBuilder {
     /// Listen on this address (default `127.0.0.1:0`, an ephemeral port).
     pub fn http_addr(mut self, addr: SocketAddr) -> Self {
         self.http_addr = addr;
+        self.http_unix = None;
+        self
+    }
+
+    /// Serve HTTP on a unix socket at `path` instead of TCP (Consul's
+    /// `addresses.http = "unix:///path"`). A file already at `path` is replaced, as Consul
+    /// does; the socket is removed when the agent stops.
+    pub fn http_unix_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.http_unix = Some(path.into());
+        self
+    }
+
+    /// Also serve the API over HTTPS on this address (Consul's `ports.https`), with the
+    /// certificate and key given by [`tls_cert_file`](Self::tls_cert_file) and
+    /// [`tls_key_file`](Self::tls_key_file).
+    pub fn https_addr(mut self, addr: SocketAddr) -> Self {
+        self.https_addr = Some(addr);
+        self
+    }
+
+    /// The HTTPS server's certificate chain, PEM (Consul's `cert_file`).
+    pub fn tls_cert_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.cert_file = Some(path.into());
+        self
+    }
+
+    /// The HTTPS server's private key, PEM (Consul's `key_file`).
+    pub fn tls_key_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.key_file = Some(path.into());
+        self
+    }
+
+    /// CA certificates, PEM, that HTTPS clients' certificates must chain to (Consul's
+    /// `ca_file`).
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Require HTTPS clients to present a certificate signed by the CA file (Consul's
+    /// `verify_incoming_https`).
+    pub fn tls_verify_incoming(mut self, verify: bool) -> Self {
+        self.tls.verify_incoming = verify;
         self
     }
 
@@ -140,43 +200,85 @@ impl AgentBuilder {
         self
     }
 
-    /// Binds the address and starts serving on the current tokio runtime.
+    /// Binds the addresses and starts serving on the current tokio runtime.
     pub async fn start(self) -> Result<Agent, StartError> {
-        let listener =
-            TcpListener::bind(self.http_addr)
+        // TLS files first: a bad file is reported before anything is bound.
+        let tls = match self.https_addr {
+            Some(_) => Some(TlsAcceptor::from(self.tls.server_config()?)),
+            None => None,
+        };
+        let bind = |addr: SocketAddr| async move {
+            let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind {
-                    addr: self.http_addr,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: self.http_addr,
-            source,
-        })?;
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Ok::<_, StartError>((listener, bound))
+        };
+        let (http, http_addr) = match &self.http_unix {
+            Some(path) => (bind_unix(path)?, None),
+            None => {
+                let (listener, bound) = bind(self.http_addr).await?;
+                (Listener::Tcp(listener), Some(bound))
+            }
+        };
+        let (https, https_addr) = match (self.https_addr, tls) {
+            (Some(addr), Some(tls)) => {
+                let (listener, bound) = bind(addr).await?;
+                (Some(Listener::Tls(listener, tls)), Some(bound))
+            }
+            _ => (None, None),
+        };
+        let node_address = http_addr
+            .or(https_addr)
+            .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string());
         let settings = StoreSettings {
             datacenter: self.datacenter,
             node_name: self.node_name,
             node_id: uuid::Uuid::new_v4().to_string(),
-            node_address: addr.ip().to_string(),
+            node_address,
             ca: self.ca,
             acl: self.acl,
+            version: self.version,
         };
         let store = Arc::new(Store::open(settings, self.clock, self.data_dir.as_deref())?);
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let ttl_checks = crate::ttl::start(store.clone());
-        let app =
-            router(AppState::new(store.clone(), cache.clone()).with_acl_rules(self.acl_rules));
-        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(AppState::new(store.clone(), cache.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                // A dropped sender stops the server too.
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let https_app = app.clone();
+        let https_stopped = stopped.clone();
         let task = tokio::spawn(async move {
-            crate::http::serve(listener, app, async {
-                let _ = stopped.await;
-            })
-            .await;
+            let https = async move {
+                if let Some(https) = https {
+                    crate::http::serve(https, https_app, https_stopped()).await;
+                }
+            };
+            tokio::join!(crate::http::serve(http, app, stopped()), https);
         });
-        tracing::info!(%addr, "agent-sim HTTP API listening");
+        match (&http_addr, &self.http_unix) {
+            (Some(addr), _) => tracing::info!(%addr, "agent-sim HTTP API listening"),
+            (None, Some(path)) => {
+                tracing::info!(path = %path.display(), "agent-sim HTTP API listening")
+            }
+            (None, None) => {}
+        }
+        if let Some(addr) = https_addr {
+            tracing::info!(%addr, "agent-sim HTTPS API listening");
+        }
         Ok(Agent {
-            addr,
+            http_addr,
+            https_addr,
+            unix_socket: self.http_unix,
             store,
             cache,
             _evictor: evictor,
@@ -187,14 +289,40 @@ impl AgentBuilder {
     }
 }
 
+#[cfg(unix)]
+fn bind_unix(path: &std::path::Path) -> Result<Listener, StartError> {
+    let error = |source| StartError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    // As Consul: a socket left by an earlier run is replaced.
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::warn!(path = %path.display(), "agent-sim: replacing socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(error)?;
+    Ok(Listener::Unix(listener, path.to_owned()))
+}
+
+#[cfg(not(unix))]
+fn bind_unix(path: &std::path::Path) -> Result<Listener, StartError> {
+    Err(StartError::BindUnix {
+        path: path.to_owned(),
+        source: std::io::Error::other("unix sockets need a unix system"),
+    })
+}
+
 /// A running agent-sim. Dropping it stops the server.
 pub struct Agent {
-    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+    unix_socket: Option<std::path::PathBuf>,
     store: Arc<Store>,
     cache: Arc<ConnectCache>,
     _evictor: EvictorHandle,
     _ttl_checks: crate::ttl::TtlHandle,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     task: JoinHandle<()>,
 }
 
@@ -203,6 +331,9 @@ impl Agent {
     pub fn builder() -> AgentBuilder {
         AgentBuilder {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_unix: None,
+            https_addr: None,
+            tls: TlsFiles::default(),
             datacenter: "dc1".into(),
             node_name: "agent-sim".into(),
             ca: CaSettings::default(),
@@ -210,13 +341,37 @@ impl Agent {
             cache: CacheSettings::default(),
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
-            acl_rules: Default::default(),
+            version: Default::default(),
         }
     }
 
-    /// The bound HTTP address (what `CONSUL_HTTP_ADDR` should be).
+    /// The bound HTTP address (what `CONSUL_HTTP_ADDR` should be). For an agent serving HTTP
+    /// on a unix socket it is the HTTPS address if there is one, else `127.0.0.1:0` (no
+    /// address): see [`http_url`](Self::http_url).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http_addr
+            .or(self.https_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bound HTTPS address, when HTTPS is served.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The unix socket HTTP is served on, if it is.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix_socket.as_deref()
+    }
+
+    /// The HTTP API as a `CONSUL_HTTP_ADDR` value: `http://host:port` or `unix:///path`.
+    pub fn http_url(&self) -> String {
+        match (&self.http_addr, &self.unix_socket) {
+            (Some(addr), _) => format!("http://{addr}"),
+            (None, Some(path)) => format!("unix://{}", path.display()),
+            // Unreachable: `start` binds one or the other.
+            (None, None) => String::new(),
+        }
     }
 
     /// The state store, for tests that inspect or drive state directly.
@@ -232,7 +387,7 @@ impl Agent {
     /// Stops serving: open blocking queries end and the listener closes.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         // Graceful shutdown waits for open connections; blocking queries may hold them for
         // minutes, so give them a moment and then stop the server task outright.
@@ -254,7 +409,9 @@ impl Drop for Agent {
 impl fmt::Debug for Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Agent")
-            .field("addr", &self.addr)
+            .field("http_addr", &self.http_addr)
+            .field("https_addr", &self.https_addr)
+            .field("unix_socket", &self.unix_socket)
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,8 @@
 //! agent-sim: Consul's Connect surface in one process.
 //!
 //! A built-in CA with root rotation and cross-signing, intentions, catalog and health for
-//! discovery, and blocking queries, answering over HTTP exactly as a Consul 1.4.5 agent does.
+//! discovery, and blocking queries, answering over HTTP exactly as a Consul 1.10.9 (the default) or 1.4.5 agent does
+//! ([`profile::ConsulVersion`]).
 //! Embed it in tests with [`Agent::builder`], or run the `agent-sim` binary.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,7 +17,9 @@ pub mod config;
 mod hcl;
 pub mod http;
 pub mod intentions;
+pub mod profile;
 pub mod state;
+pub mod tls;
 mod ttl;
 
 pub use agent::Agent;

@@ -1,9 +1,12 @@
-//! The `agent-sim` binary: Consul's Connect agent API on one port.
+//! The `agent-sim` binary: Consul's Connect agent API over HTTP (TCP or a unix socket) and,
+//! when asked, HTTPS.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agent_sim::acl_rules::DefaultPolicy;
+use agent_sim::tls::TlsFiles;
 use clap::Parser;
 
 /// Consul's Connect surface in one process: CA, intentions, discovery, blocking queries.
@@ -17,9 +20,30 @@ struct Cli {
     /// before each write is acknowledged.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// Address of the HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8500")]
-    http_addr: SocketAddr,
+    /// Address of the HTTP API: `host:port`, or `unix:///path` for a unix socket (Consul's
+    /// `addresses.http`). Default `127.0.0.1:8500`.
+    #[arg(long, value_parser = parse_http_addr)]
+    http_addr: Option<HttpAddr>,
+    /// Also serve the API over HTTPS on this address (Consul's `ports.https`); needs
+    /// --tls-cert-file and --tls-key-file.
+    #[arg(long)]
+    https_addr: Option<SocketAddr>,
+    /// The HTTPS server's certificate chain, PEM (Consul's `cert_file`).
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// The HTTPS server's private key, PEM (Consul's `key_file`).
+    #[arg(long)]
+    tls_key_file: Option<PathBuf>,
+    /// CA certificates, PEM, for verifying HTTPS clients (Consul's `ca_file`).
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// Require HTTPS clients to present a certificate signed by --tls-ca-file (Consul's
+    /// `verify_incoming_https`).
+    #[arg(long)]
+    tls_verify_incoming: bool,
+    /// The Consul version to answer as: 1.4.5 or 1.10.9.
+    #[arg(long, default_value_t)]
+    consul_version: agent_sim::profile::ConsulVersion,
     /// Datacenter name.
     #[arg(long, default_value = "dc1")]
     datacenter: String,
@@ -47,28 +71,75 @@ struct Cli {
     acl_initial_management_token: Option<String>,
     /// A config file (HCL if its name ends in `.hcl`, JSON otherwise) with Consul's ACL
     /// settings: `acl_master_token`, `acl_default_policy`, or the `acl` block (`enabled`,
-    /// `default_policy`, `tokens.initial_management` / `tokens.master`).
+    /// `default_policy`, `tokens.initial_management` / `tokens.master`); and Consul 1.10's
+    /// listener settings: `client_addr`, `addresses.http` / `addresses.https`, `ports.http` /
+    /// `ports.https`, `cert_file`, `key_file`, `ca_file`, `verify_incoming` /
+    /// `verify_incoming_https`. Flags win over the file.
     #[arg(long)]
     config_file: Option<std::path::PathBuf>,
 }
 
-/// ACL settings from a config file, in Consul's 1.4 (`acl_master_token`) or later (`acl {}`)
-/// spelling.
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HttpAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    match s.strip_prefix("unix://") {
+        Some("") => Err("expected unix:///path/to/socket".to_owned()),
+        Some(path) => Ok(HttpAddr::Unix(PathBuf::from(path))),
+        None => s
+            .parse()
+            .map(HttpAddr::Tcp)
+            .map_err(|_| format!("expected host:port or unix:///path, not {s:?}")),
+    }
+}
+
+/// Settings from a config file: ACLs in Consul's 1.4 (`acl_master_token`) or later (`acl {}`)
+/// spelling, and Consul 1.10's listeners and TLS files.
 #[derive(Debug, Default)]
-struct FileAcl {
+struct FileConfig {
     enabled: Option<bool>,
     default_policy: Option<String>,
     management_token: Option<String>,
+    http_addr: Option<HttpAddr>,
+    https_addr: Option<SocketAddr>,
+    tls: TlsFiles,
 }
 
-fn read_config_file(path: &std::path::Path) -> Result<FileAcl, String> {
+fn read_config_file(path: &std::path::Path) -> Result<FileConfig, String> {
     let json = agent_sim::config::read_file(path).map_err(|e| e.to_string())?;
     let str_at = |v: &serde_json::Value, pointer: &str| {
         v.pointer(pointer)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let mut acl = FileAcl {
+    let path_at = |pointer: &str| str_at(&json, pointer).map(PathBuf::from);
+    let bool_at = |pointer: &str| json.pointer(pointer).and_then(|v| v.as_bool());
+    let mut acl = FileConfig {
+        http_addr: file_addr(&json, "http", Some(8500))
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        https_addr: match file_addr(&json, "https", None)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            Some(HttpAddr::Tcp(addr)) => Some(addr),
+            Some(HttpAddr::Unix(_)) => {
+                return Err(format!(
+                    "{}: HTTPS on a unix socket is not supported",
+                    path.display()
+                ))
+            }
+            None => None,
+        },
+        tls: TlsFiles {
+            cert_file: path_at("/cert_file"),
+            key_file: path_at("/key_file"),
+            ca_file: path_at("/ca_file"),
+            verify_incoming: bool_at("/verify_incoming_https").unwrap_or(false)
+                || bool_at("/verify_incoming").unwrap_or(false),
+        },
         enabled: json.pointer("/acl/enabled").and_then(|v| v.as_bool()),
         default_policy: str_at(&json, "/acl/default_policy")
             .or_else(|| str_at(&json, "/acl_default_policy")),
@@ -89,6 +160,40 @@ fn read_config_file(path: &std::path::Path) -> Result<FileAcl, String> {
         }
     }
     Ok(acl)
+}
+
+/// A listener from `addresses.<kind>` (or `client_addr`) and `ports.<kind>`, as Consul
+/// combines them; none when the file sets neither (or, without a default port, no port).
+fn file_addr(
+    json: &serde_json::Value,
+    kind: &str,
+    default_port: Option<u16>,
+) -> Result<Option<HttpAddr>, String> {
+    let address = json
+        .pointer(&format!("/addresses/{kind}"))
+        .or_else(|| json.get("client_addr"))
+        .and_then(|v| v.as_str());
+    let port = json
+        .pointer(&format!("/ports/{kind}"))
+        .and_then(|v| v.as_i64());
+    if let Some(path) = address.and_then(|a| a.strip_prefix("unix://")) {
+        return Ok(Some(HttpAddr::Unix(PathBuf::from(path))));
+    }
+    if address.is_none() && port.is_none() {
+        return Ok(None);
+    }
+    // Consul's -1 turns a listener off.
+    let port = match port.or(default_port.map(i64::from)) {
+        None | Some(-1) => return Ok(None),
+        Some(port) => {
+            u16::try_from(port).map_err(|_| format!("ports.{kind}: invalid port {port}"))?
+        }
+    };
+    let ip: std::net::IpAddr = address
+        .unwrap_or("127.0.0.1")
+        .parse()
+        .map_err(|_| format!("addresses.{kind}: invalid IP address {address:?}"))?;
+    Ok(Some(HttpAddr::Tcp(SocketAddr::new(ip, port))))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -112,11 +217,39 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = agent_sim::Agent::builder()
-        .http_addr(cli.http_addr)
+    let mut builder = agent_sim::Agent::builder();
+    let http_addr = cli
+        .http_addr
+        .or(file.http_addr)
+        .unwrap_or(HttpAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8500))));
+    builder = match http_addr {
+        HttpAddr::Tcp(addr) => builder.http_addr(addr),
+        HttpAddr::Unix(path) => builder.http_unix_socket(path),
+    };
+    if let Some(addr) = cli.https_addr.or(file.https_addr) {
+        builder = builder.https_addr(addr);
+    }
+    let tls = TlsFiles {
+        cert_file: cli.tls_cert_file.or(file.tls.cert_file),
+        key_file: cli.tls_key_file.or(file.tls.key_file),
+        ca_file: cli.tls_ca_file.or(file.tls.ca_file),
+        verify_incoming: cli.tls_verify_incoming || file.tls.verify_incoming,
+    };
+    if let Some(cert) = tls.cert_file {
+        builder = builder.tls_cert_file(cert);
+    }
+    if let Some(key) = tls.key_file {
+        builder = builder.tls_key_file(key);
+    }
+    if let Some(ca) = tls.ca_file {
+        builder = builder.tls_ca_file(ca);
+    }
+    let mut builder = builder
+        .tls_verify_incoming(tls.verify_incoming)
         .datacenter(cli.datacenter)
         .node_name(cli.node_name)
-        .leaf_cert_ttl(cli.leaf_cert_ttl);
+        .leaf_cert_ttl(cli.leaf_cert_ttl)
+        .consul_version(cli.consul_version);
     if let Some(id) = cli.cluster_id {
         builder = builder.cluster_id(id);
     }
@@ -133,6 +266,7 @@ async fn main() -> ExitCode {
     if let Some(token) = cli.acl_initial_management_token.or(file.management_token) {
         builder = builder.acl_initial_management_token(token);
     }
+    let shutdown = shutdown_signal();
     let agent = match builder.start().await {
         Ok(agent) => agent,
         Err(e) => {
@@ -140,31 +274,39 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("agent-sim HTTP API listening on http://{}", agent.addr());
-    shutdown_signal().await;
+    println!("agent-sim HTTP API listening on {}", agent.http_url());
+    if let Some(addr) = agent.https_addr() {
+        println!("agent-sim HTTPS API listening on https://{addr}");
+    }
+    shutdown.await;
     agent.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGTERM and SIGINT at once (before the agent serves, so a signal right after
+/// startup is not fatal) and resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use agent_sim::acl_rules::DefaultPolicy;
-use agent_sim::acl_versions::AclRules;
+use agent_sim::profile::ConsulVersion;
 use agent_sim::Agent;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,22 +20,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MANAGEMENT: &str = "root";
 const GLOBAL_MANAGEMENT: &str = "00000000-0000-0000-0000-000000000001";
 
-/// `ask` with every token kind, 1.4.5 rules: no cell may differ from Consul 1.4.5.
+/// `ask` with every token kind, in 1.4.5 mode: no cell may differ from Consul 1.4.5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cell_matches_consul_1_4_5() {
     let expected = load("consul-1.4.5.json");
-    let cells = run(AclRules::CONSUL_1_4_5, &expected, Requests::All).await;
+    let cells = run(ConsulVersion::V1_4_5, &expected, Requests::All).await;
     assert_eq!(cells.len(), 800, "20 token kinds x 40 requests");
     compare(&expected, &cells);
 }
 
-/// With 1.10.9's rules, the version-dependent decisions (CA configuration, intention reads)
+/// In 1.10.9 mode, the version-dependent decisions (CA configuration, intention reads)
 /// match Consul 1.10.9. The rest of the 1.10.9 matrix needs its error texts and endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_dependent_cells_match_consul_1_10_9() {
     let expected = load("consul-1.10.9.json");
     let cells = run(
-        AclRules::CONSUL_1_10_9,
+        ConsulVersion::V1_10_9,
         &expected,
         Requests::VersionDependent,
     )
@@ -163,12 +163,12 @@ enum Requests {
     VersionDependent,
 }
 
-async fn run(rules: AclRules, expected: &Expected, which: Requests) -> Vec<Cell> {
+async fn run(version: ConsulVersion, expected: &Expected, which: Requests) -> Vec<Cell> {
     let agent = Agent::builder()
         .node_name("node1")
         .acl(DefaultPolicy::Deny)
         .acl_initial_management_token(MANAGEMENT)
-        .acl_rules(rules)
+        .consul_version(version)
         .start()
         .await
         .unwrap();

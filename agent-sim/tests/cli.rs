@@ -17,23 +17,33 @@ struct Sim {
 
 impl Sim {
     fn start(args: &[&str]) -> Sim {
+        let mut all = vec!["--http-addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (child, lines) = Self::spawn(&all, 1);
+        let addr = lines[0]
+            .strip_prefix("agent-sim HTTP API listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {:?}", lines[0]))
+            .to_owned();
+        Sim { child, addr }
+    }
+
+    /// Starts agent-sim with exactly `args` and returns it with its first `lines` lines.
+    fn spawn(args: &[&str], lines: usize) -> (Child, Vec<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
-            .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("agent-sim HTTP API listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Sim { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let read = (0..lines)
+            .map(|_| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).unwrap();
+                line.trim().to_owned()
+            })
+            .collect();
+        (child, read)
     }
 }
 
@@ -52,8 +62,20 @@ fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
+    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    http_over(stream, addr, method, path, headers, body)
+}
+
+/// One HTTP/1.1 request over `stream`, which the answer closes: (status, body).
+fn http_over(
+    mut stream: impl Read + Write,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -305,4 +327,226 @@ fn sigterm_stops_cleanly() {
         .success());
     let status = sim.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files in
+/// `dir`: (ca, server cert, server key, client cert, client key).
+fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let issue = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client, client_key) = issue(vec!["client.dc1.consul".into()]);
+    let files = [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+    ]
+    .map(|name| dir.join(name));
+    for (path, pem) in files
+        .iter()
+        .zip([ca.pem(), server, server_key, client, client_key])
+    {
+        std::fs::write(path, pem).unwrap();
+    }
+    files
+}
+
+/// One HTTPS request to `addr`, verifying the server with `ca` and presenting `client` (cert,
+/// key) when given.
+fn https(
+    addr: &str,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    http_over(
+        rustls::StreamOwned::new(connection, tcp),
+        addr,
+        "GET",
+        path,
+        &[],
+        "",
+    )
+}
+
+#[test]
+fn https_from_a_consul_config_file_beside_http() {
+    let dir = temp_dir("https");
+    let [ca, cert, key, client, client_key] = tls_files(&dir);
+    let config = dir.join("tls.hcl");
+    std::fs::write(
+        &config,
+        format!(
+            "ports {{ https = 0 }}\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             verify_incoming_https = true\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let (child, lines) = Sim::spawn(
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config-file",
+            config.to_str().unwrap(),
+        ],
+        2,
+    );
+    let sim = Sim {
+        child,
+        addr: lines[0]
+            .strip_prefix("agent-sim HTTP API listening on http://")
+            .unwrap_or_else(|| panic!("{lines:?}"))
+            .to_owned(),
+    };
+    let https_addr = lines[1]
+        .strip_prefix("agent-sim HTTPS API listening on https://")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    // Plain HTTP still answers, as Consul serves both.
+    let (status, _) = http(&sim.addr, "GET", "/v1/agent/self", &[], "").unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = https(
+        https_addr,
+        &ca,
+        Some((&client, &client_key)),
+        "/v1/agent/connect/ca/roots",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["Roots"][0]["RootCert"].is_string());
+    // verify_incoming_https: a client without a certificate is refused in the handshake.
+    let err = https(https_addr, &ca, None, "/v1/agent/self").unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_tls_file_stops_start_up_naming_the_file() {
+    let dir = temp_dir("badtls");
+    let [_, cert, key, ..] = tls_files(&dir);
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not PEM\n").unwrap();
+    for (cert, key, named) in [(&junk, &key, "cert_file"), (&cert, &junk, "key_file")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
+            .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{named} {}", junk.display())),
+            "{stderr}"
+        );
+    }
+    let missing = dir.join("missing.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
+        .args(["--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"])
+        .arg("--tls-cert-file")
+        .arg(&missing)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cert_file {}: No such file", missing.display())),
+        "{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn http_on_a_unix_socket_from_the_flag_or_the_config_file() {
+    let dir = temp_dir("unix");
+    let socket = dir.join("agent.sock");
+    let url = format!("unix://{}", socket.display());
+    let config = dir.join("unix.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "addresses": { "http": url } }).to_string(),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for args in [["--http-addr", url.as_str()], ["--config-file", config]] {
+        // A stale file at the path is replaced, as Consul does.
+        std::fs::write(&socket, "stale").unwrap();
+        let (child, lines) = Sim::spawn(&args, 1);
+        let mut sim = Sim {
+            child,
+            addr: String::new(),
+        };
+        assert_eq!(lines[0], format!("agent-sim HTTP API listening on {url}"));
+        let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (status, body) = http_over(
+            stream,
+            "localhost",
+            "GET",
+            "/v1/agent/connect/ca/roots",
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(json(&body)["Roots"][0]["RootCert"].is_string());
+        // SIGTERM: a clean exit that removes the socket.
+        let pid = sim.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(sim.child.wait().unwrap().success());
+        assert!(!socket.exists());
+    }
 }

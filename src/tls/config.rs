@@ -15,11 +15,9 @@ use rustls::{
     SupportedProtocolVersion,
 };
 
-use super::material::MaterialCell;
+use super::material::{verify_client, verify_server, MaterialCell};
 use super::provider;
-use super::verify::{
-    verify_client, verify_server, ExpectedServer, HandshakeAuthorizer, VerifyError,
-};
+use super::verify::{ExpectedServer, HandshakeAuthorizer, VerifyError};
 
 /// The ALPN protocols both sides offer, in order of preference: `h2`, then `http/1.1`
 /// (Consul 1.4.5 offered only `h2`, which broke HTTP/1.1 services, hashicorp/consul#4466).
@@ -236,8 +234,10 @@ impl ClientCertVerifier for ClientVerifier {
                 tracing::debug!(peer = %peer.service_id(), serial = peer.serial(), "client certificate accepted");
                 Ok(ClientCertVerified::assertion())
             }
+            // Debug only: the accepting side (ConnectAcceptor, and so ConnectListener) reports
+            // each refusal once, with the peer.
             Err(error @ VerifyError::Unauthorized { .. }) => {
-                tracing::info!(%error, "client refused by the handshake authorizer");
+                tracing::debug!(%error, "client refused by the handshake authorizer");
                 // A real deny: the client gets `access_denied`. That rustls error carries no
                 // detail, so the refusal is recorded for the server's reports.
                 super::refusal::record_refusal(&error);
@@ -246,7 +246,7 @@ impl ClientCertVerifier for ClientVerifier {
                 ))
             }
             Err(error) => {
-                tracing::warn!(%error, "client certificate refused");
+                tracing::debug!(%error, "client certificate refused");
                 Err(error.into())
             }
         }

@@ -38,12 +38,11 @@ use std::sync::{Arc, LazyLock};
 use rustls::crypto::CryptoProvider;
 
 pub use config::{client_config, server_config, ConnectClientConfig, ALPN_PROTOCOLS};
-pub use material::{Material, MaterialCell};
+pub use material::{verify_client, verify_peer, verify_server, Material, MaterialCell};
 pub use refusal::recording_refusals;
 pub(crate) use refusal::{final_records, refuse_after_handshake};
 pub use verify::{
-    peer_identity, verify_client, verify_peer, verify_server, ExpectedServer, HandshakeAuthorizer,
-    PeerIdentity, PeerRole, VerifyError,
+    peer_identity, ExpectedServer, HandshakeAuthorizer, PeerIdentity, PeerRole, VerifyError,
 };
 
 use crate::spiffe::SpiffeIdError;

@@ -4,13 +4,14 @@
 
 use std::fmt;
 
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use rustls::CommonState;
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
-use super::material::{unix_seconds, Material, Roots};
-use super::provider;
+use super::{provider, TlsError};
+use crate::api::CaRootList;
 use crate::spiffe::{ServiceId, SpiffeId, SpiffeIdError, TrustDomain};
 use consul_connect_types::api::serial_hex;
 
@@ -405,86 +406,6 @@ impl fmt::Debug for PeerIdentity {
     }
 }
 
-/// Verifies a peer's certificate chain and identity against `material`'s roots at `now`.
-///
-/// This is the one place where peer certificates are judged; the rustls verifiers call it.
-/// It checks, in order:
-///
-/// 1. **Chain**: webpki finds a path from `end_entity` to any current root, using the
-///    `intermediates` the peer sent (after a CA rotation a leaf carries the cross-signed new
-///    root; if that intermediate has expired but the new root is trusted directly, the direct
-///    path is used). Every certificate on the path must be valid at `now` and correctly
-///    signed (with the aws-lc-rs provider's algorithms).
-/// 2. **Key usage**: EKU `clientAuth` for a [`PeerRole::Client`], `serverAuth` for a
-///    [`PeerRole::Server`].
-/// 3. **Not a CA**: the leaf's BasicConstraints must not say CA.
-/// 4. **Identity**: exactly one URI SAN, a SPIFFE *service* ID, whose trust domain is one of
-///    the roots' (case-insensitively).
-///
-/// ```
-/// use consul_connect::tls::{verify_peer, Material, PeerRole, VerifyError};
-/// use rustls::pki_types::{CertificateDer, UnixTime};
-///
-/// fn who(material: &Material, chain: &[CertificateDer<'_>]) -> Result<String, VerifyError> {
-///     let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
-///     let id = verify_peer(material, leaf, intermediates, UnixTime::now(), PeerRole::Client)?;
-///     Ok(id.service().to_owned())
-/// }
-/// ```
-pub fn verify_peer(
-    material: &Material,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    usage: PeerRole,
-) -> Result<ServiceId, VerifyError> {
-    verify_with_roots(material.roots(), end_entity, intermediates, now, usage).map(|p| p.id)
-}
-
-/// [`verify_peer`] for a server we dialed, plus the check that it is the `expected` service.
-pub fn verify_server(
-    material: &Material,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    expected: &ExpectedServer,
-) -> Result<ServiceId, VerifyError> {
-    let id = verify_peer(material, end_entity, intermediates, now, PeerRole::Server)?;
-    if !expected.matches(&id) {
-        return Err(VerifyError::WrongService {
-            expected: Box::new(expected.clone()),
-            got: id,
-        });
-    }
-    Ok(id)
-}
-
-/// [`verify_peer`] for a client that connected to us, then the `authorizer`'s decision.
-pub fn verify_client(
-    material: &Material,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    authorizer: Option<&dyn HandshakeAuthorizer>,
-) -> Result<PeerIdentity, VerifyError> {
-    let peer = verify_with_roots(
-        material.roots(),
-        end_entity,
-        intermediates,
-        now,
-        PeerRole::Client,
-    )?;
-    if let Some(authorizer) = authorizer {
-        if let Err(reason) = authorizer.authorize(&peer.id, &peer.serial) {
-            return Err(VerifyError::Unauthorized {
-                peer: peer.id,
-                reason,
-            });
-        }
-    }
-    Ok(peer)
-}
-
 /// The identity of the peer of a finished handshake, read from its leaf certificate.
 ///
 /// Meaningful on connections made with this crate's configurations, whose verifiers have
@@ -701,6 +622,99 @@ impl CertFacts {
             (Some((_, server)), PeerRole::Server) => server,
         }
     }
+}
+
+/// Trusted roots, parsed once.
+pub(crate) struct Roots {
+    pub(crate) ids: Vec<String>,
+    pub(crate) certs: Vec<CertificateDer<'static>>,
+    anchors: Vec<TrustAnchor<'static>>,
+    trust_domains: Vec<TrustDomain>,
+}
+
+impl Roots {
+    pub(crate) fn from_list(list: &CaRootList) -> Result<Self, TlsError> {
+        if list.roots.is_empty() {
+            return Err(TlsError::NoRoots);
+        }
+        let mut trust_domains: Vec<TrustDomain> = Vec::new();
+        let mut add_trust_domain = |td: TrustDomain| {
+            if !trust_domains.contains(&td) {
+                trust_domains.push(td);
+            }
+        };
+        if !list.trust_domain.is_empty() {
+            let td = TrustDomain::new(&list.trust_domain).map_err(|source| {
+                TlsError::BadTrustDomain {
+                    trust_domain: list.trust_domain.clone(),
+                    source,
+                }
+            })?;
+            add_trust_domain(td);
+        }
+
+        let mut roots = Self {
+            ids: Vec::with_capacity(list.roots.len()),
+            certs: Vec::with_capacity(list.roots.len()),
+            anchors: Vec::with_capacity(list.roots.len()),
+            trust_domains: Vec::new(),
+        };
+        for root in &list.roots {
+            let bad = |reason: String| TlsError::BadRoot {
+                id: root.id.clone(),
+                reason,
+            };
+            let mut certs = pem_certs(&root.root_cert).map_err(bad)?;
+            let cert = match certs.len() {
+                1 => certs.remove(0),
+                n => return Err(bad(format!("RootCert holds {n} certificates, expected 1"))),
+            };
+            let anchor = webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|e| bad(format!("not usable as a trust anchor: {e}")))?
+                .to_owned();
+            let facts = CertFacts::parse(&cert).map_err(|e| bad(e.to_string()))?;
+            // A root names its trust domain with a signing-ID URI SAN. A user-supplied root
+            // may lack one; the list's TrustDomain then covers it.
+            for uri in &facts.uris {
+                match uri.parse::<SpiffeId>() {
+                    Ok(SpiffeId::Signing(id)) => add_trust_domain(id.trust_domain().clone()),
+                    Ok(id) => {
+                        tracing::warn!(root = %root.id, %id, kind = id.kind(), "CA root carries a URI SAN that is not a signing ID; ignored");
+                    }
+                    Err(error) => {
+                        tracing::warn!(root = %root.id, %uri, %error, "CA root URI SAN is not a SPIFFE signing ID; ignored");
+                    }
+                }
+            }
+            roots.ids.push(root.id.clone());
+            roots.certs.push(cert);
+            roots.anchors.push(anchor);
+        }
+        if trust_domains.is_empty() {
+            return Err(TlsError::NoTrustDomain);
+        }
+        roots.trust_domains = trust_domains;
+        Ok(roots)
+    }
+
+    pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+
+    pub(crate) fn trust_domains(&self) -> &[TrustDomain] {
+        &self.trust_domains
+    }
+}
+
+pub(crate) fn unix_seconds(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// All `CERTIFICATE` blocks of a PEM text, in order; other block types are skipped.
+pub(crate) fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable PEM: {e}"))
 }
 
 #[cfg(test)]

@@ -25,6 +25,16 @@ pub async fn start_agent() -> Agent {
         .expect("agent-sim starts")
 }
 
+/// Starts agent-sim in Consul 1.4.5 mode, for tests of 1.4.5's answers.
+pub async fn start_agent_1_4_5() -> Agent {
+    Agent::builder()
+        .cluster_id(CLUSTER_ID)
+        .consul_version(agent_sim::profile::ConsulVersion::V1_4_5)
+        .start()
+        .await
+        .expect("agent-sim starts")
+}
+
 /// An SDK client for `agent`.
 pub fn sdk_client(agent: &Agent) -> AgentClient {
     AgentClient::new(&agent.addr().to_string()).expect("valid address")
@@ -149,4 +159,67 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// PEM files for serving agent-sim's API over HTTPS: a CA, a server certificate for
+/// `127.0.0.1` and `localhost`, and a client certificate, all signed by the CA.
+pub struct HttpsFiles {
+    /// The CA certificate.
+    pub ca: std::path::PathBuf,
+    /// The server certificate.
+    pub server_cert: std::path::PathBuf,
+    /// Its key.
+    pub server_key: std::path::PathBuf,
+    /// The client certificate.
+    pub client_cert: std::path::PathBuf,
+    /// Its key.
+    pub client_key: std::path::PathBuf,
+}
+
+impl HttpsFiles {
+    /// Makes a fresh CA and certificates in a new temporary directory.
+    pub fn new() -> Self {
+        let dir = temp_dir("https");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Consul Agent CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        let issue = |names: Vec<String>, cert_name: &str, key_name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &issuer)
+                .expect("cert");
+            (
+                write(cert_name, cert.pem()),
+                write(key_name, key.serialize_pem()),
+            )
+        };
+        let (server_cert, server_key) = issue(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "server.pem",
+            "server-key.pem",
+        );
+        let (client_cert, client_key) = issue(
+            vec!["client.dc1.consul".into()],
+            "client.pem",
+            "client-key.pem",
+        );
+        Self {
+            ca: write("ca.pem", ca.pem()),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
 }

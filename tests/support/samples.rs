@@ -18,6 +18,10 @@ pub struct Sample {
     /// The request line's method and target (`GET`, `/v1/connect/ca/roots?pem=true`), where the
     /// capture holds it.
     pub request: Option<(String, String)>,
+    /// The request's headers as (name, value), where the capture holds them.
+    pub request_headers: Vec<(String, String)>,
+    /// The request's body (empty when none was sent).
+    pub request_body: String,
 }
 
 /// The folder of the 1.10.9 captures.
@@ -43,19 +47,30 @@ impl Sample {
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let raw = raw.replace("\r\n", "\n");
         let mut request = None;
+        let mut request_headers = Vec::new();
+        let mut body_lines: Vec<&str> = Vec::new();
+        let mut in_body = false;
         let mut response = raw.as_str();
         while let Some((line, rest)) = response.split_once('\n') {
             let Some(line) = line.strip_prefix('>') else {
                 break;
             };
+            let line = line.strip_prefix(' ').unwrap_or(line);
             if request.is_none() {
                 let mut words = line.split_whitespace();
                 if let (Some(method), Some(target)) = (words.next(), words.next()) {
                     request = Some((method.to_owned(), target.to_owned()));
                 }
+            } else if in_body {
+                body_lines.push(line);
+            } else if line.is_empty() {
+                in_body = true;
+            } else if let Some((k, v)) = line.split_once(": ") {
+                request_headers.push((k.to_owned(), v.to_owned()));
             }
             response = rest;
         }
+        let request_body = body_lines.join("\n");
         let (head, body) = response.split_once("\n\n").unwrap_or((response, ""));
         let mut lines = head.lines();
         let status_line = lines.next().unwrap_or_default();
@@ -73,6 +88,8 @@ impl Sample {
             headers,
             body: body.to_owned(),
             request,
+            request_headers,
+            request_body,
         }
     }
 

@@ -220,7 +220,7 @@ async fn agent_self(
             "NodeID": s.node_id,
             "Revision": "agent-sim",
             "Server": true,
-            "Version": "1.4.5",
+            "Version": s.profile().version,
         },
         "DebugConfig": {
             "ACLsEnabled": s.acl.enabled,
@@ -237,7 +237,7 @@ async fn agent_self(
             "Name": s.node_name,
             "Addr": s.node_address,
             "Port": 8301,
-            "Tags": {"dc": s.datacenter, "role": "consul", "build": "1.4.5:agent-sim"},
+            "Tags": {"dc": s.datacenter, "role": "consul", "build": format!("{}:agent-sim", s.profile().version)},
             "Status": 1,
         },
         "Stats": {},

@@ -89,8 +89,8 @@ async fn read_entry<V>(
         .ok_or_else(|| ApiError::Internal("agent cache: no value fetched".into()))
 }
 
-async fn leaf_without_name() -> ApiError {
-    ApiError::Internal("SPIFFE ID is not in the expected format".into())
+async fn leaf_without_name(State(app): State<AppState>) -> ApiError {
+    ApiError::Internal(app.store.settings().profile().leaf_without_name.into())
 }
 
 async fn leaf(
@@ -111,10 +111,12 @@ async fn leaf(
     .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
     super::require(app.acl(&token)?.service_write(&service))?;
     let lookup = app.cache.leaf(&app.partition(&token), &id);
+    // 1.10 revalidates a leaf read without an index, so it is never a cache hit.
+    let revalidated = blocking.is_none() && app.store.settings().profile().leaf_reads_revalidate;
     let (_, leaf) = read_entry(lookup.value, blocking).await?;
     Ok(Json::new(&leaf.cert, &query)
         .index(leaf.cert.modify_index)
-        .cache(lookup.hit)
+        .cache(lookup.hit && !revalidated)
         .into_response())
 }
 

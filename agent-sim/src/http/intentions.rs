@@ -16,8 +16,12 @@ use consul_connect_types::intentions::WILDCARD;
 use consul_connect_types::spiffe::SpiffeId;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
+use crate::profile::{IntentionShape, Profile};
+use crate::state::config_entries;
 use crate::state::intentions::{IntentionWrite, IntentionWriteError};
 use crate::state::Table;
+use consul_connect_types::api::{ServiceIntentionsEntry, SourceIntention};
+use consul_connect_types::intentions::DEFAULT_NAMESPACE;
 
 /// Field names of an intention, for Go-style case-insensitive decoding.
 const INTENTION_FIELDS: &[&str] = &[
@@ -31,6 +35,7 @@ const INTENTION_FIELDS: &[&str] = &[
     "Action",
     "DefaultAddr",
     "DefaultPort",
+    "Permissions",
     "Meta",
     "Precedence",
     "CreatedAt",
@@ -107,6 +112,8 @@ async fn list(
             (inner.table_index(Table::Intentions), list)
         })
         .await;
+    let shape = app.store.settings().profile().intention_shape;
+    let list: Vec<_> = list.iter().map(|i| IntentionView(i, shape)).collect();
     Ok(Json::new(&list, &query).meta(index).into_response())
 }
 
@@ -123,6 +130,7 @@ async fn create(
     query.datacenter(&app.store)?;
     let ixn = decode_intention(&body)
         .map_err(|e| ApiError::Internal(format!("Failed to decode request body: {e}")))?;
+    check_oss_namespaces(&ixn)?;
     let id = write(&app, &token, IntentionWrite::Create(ixn))?;
     Ok(Json::new(&IntentionCreated { id }, &query).into_response())
 }
@@ -146,25 +154,179 @@ fn write(app: &AppState, token: &RequestToken, write: IntentionWrite) -> Result<
         for destination in destinations {
             super::require(acl.intention_write(&destination))?;
         }
-        let id = inner.intentions.apply(write, index, now)?;
+        let profile = app.store.settings().profile();
+        let id = if profile.config_entries {
+            let id = legacy_write(inner, write, index, now, profile)?;
+            changes.touch(Table::ConfigEntries);
+            id
+        } else {
+            inner.intentions.apply(write, index, now)?
+        };
         changes.touch(Table::Intentions);
         Ok(id)
     })
 }
 
 /// Consul looks intentions up by UUID and says so when the ID is not one.
-fn check_uuid(id: &str) -> Result<(), ApiError> {
+fn check_uuid(id: &str, lookup: &str) -> Result<(), ApiError> {
     if id.len() != 36 {
-        return Err(ApiError::BadRequestPrefixed(
-            "failed intention lookup: index error: UUID must be 36 characters".into(),
-        ));
+        return Err(ApiError::BadRequestPrefixed(format!(
+            "{lookup}: index error: UUID must be 36 characters"
+        )));
     }
     if uuid::Uuid::parse_str(id).is_err() {
-        return Err(ApiError::BadRequestPrefixed(
-            "failed intention lookup: index error: UUID must be hex characters".into(),
-        ));
+        return Err(ApiError::BadRequestPrefixed(format!(
+            "{lookup}: index error: UUID must be hex characters"
+        )));
     }
     Ok(())
+}
+
+/// An intention as the emulated version writes it.
+struct IntentionView<'a>(&'a Intention, IntentionShape);
+
+impl serde::Serialize for IntentionView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (ixn, shape) = (self.0, self.1);
+        if shape == IntentionShape::Consul1_4 {
+            return ixn.serialize(s);
+        }
+        let rfc3339 = |t: &time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let mut m = s.serialize_map(None)?;
+        if ixn.created_at != time::OffsetDateTime::UNIX_EPOCH {
+            m.serialize_entry("CreatedAt", &rfc3339(&ixn.created_at))?;
+            m.serialize_entry("UpdatedAt", &rfc3339(&ixn.updated_at))?;
+        }
+        if !ixn.id.is_empty() {
+            m.serialize_entry("ID", &ixn.id)?;
+        }
+        if !ixn.description.is_empty() {
+            m.serialize_entry("Description", &ixn.description)?;
+        }
+        m.serialize_entry("SourceNS", &ixn.source_ns)?;
+        m.serialize_entry("SourceName", &ixn.source_name)?;
+        m.serialize_entry("DestinationNS", &ixn.destination_ns)?;
+        m.serialize_entry("DestinationName", &ixn.destination_name)?;
+        m.serialize_entry("SourceType", &ixn.source_type)?;
+        if !ixn.action.is_empty() {
+            m.serialize_entry("Action", &ixn.action)?;
+        }
+        if let Some(p) = ixn.permissions.as_ref().filter(|p| !p.is_empty()) {
+            m.serialize_entry("Permissions", p)?;
+        }
+        if let Some(meta) = ixn.meta.as_ref().filter(|m| !m.is_empty()) {
+            m.serialize_entry("Meta", meta)?;
+        }
+        m.serialize_entry("Precedence", &ixn.precedence)?;
+        if let Some(hash) = &ixn.hash {
+            m.serialize_entry("Hash", hash)?;
+        }
+        m.serialize_entry("CreateIndex", &ixn.create_index)?;
+        m.serialize_entry("ModifyIndex", &ixn.modify_index)?;
+        m.end()
+    }
+}
+
+/// Consul OSS refuses namespaces other than `default` in an intention body.
+fn check_oss_namespaces(ixn: &Intention) -> Result<(), ApiError> {
+    for (field, ns) in [
+        ("SourceNS", &ixn.source_ns),
+        ("DestinationNS", &ixn.destination_ns),
+    ] {
+        if !ns.is_empty() && ns != DEFAULT_NAMESPACE {
+            return Err(ApiError::BadRequestPrefixed(format!(
+                "Invalid {field}({ns}): Namespaces is a Consul Enterprise feature"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A legacy (UUID) write in a 1.9+ profile: the intention lives as a source of its
+/// destination's `service-intentions` entry, marked with its `LegacyID`.
+fn legacy_write(
+    inner: &mut crate::state::Inner,
+    write: IntentionWrite,
+    index: u64,
+    now: time::OffsetDateTime,
+    profile: &Profile,
+) -> Result<String, ApiError> {
+    let validated = |mut ixn: Intention| -> Result<Intention, ApiError> {
+        crate::intentions::fill_defaults(&mut ixn);
+        crate::intentions::validate(&ixn).map_err(|e| {
+            ApiError::Internal(
+                profile
+                    .multierror
+                    .format(e.errors().iter().map(ToString::to_string)),
+            )
+        })?;
+        Ok(ixn)
+    };
+    let entry_for =
+        |inner: &crate::state::Inner, destination: &str| match inner.config.intentions(destination)
+        {
+            Some(e) if !config_entries::legacy_editable(e) => {
+                Err(ApiError::from(config_entries::legacy_refusal(destination)))
+            }
+            Some(e) => Ok(e.clone()),
+            None => Ok(ServiceIntentionsEntry {
+                name: destination.to_owned(),
+                partition: None,
+                namespace: None,
+                sources: Vec::new(),
+                meta: None,
+                create_index: 0,
+                modify_index: 0,
+            }),
+        };
+    let (id, destination, entry) = match write {
+        IntentionWrite::Create(ixn) => {
+            if !ixn.id.is_empty() {
+                return Err(IntentionWriteError::IdOnCreate.into());
+            }
+            let mut ixn = validated(ixn)?;
+            ixn.id = uuid::Uuid::new_v4().to_string();
+            (ixn.created_at, ixn.updated_at) = (now, now);
+            let mut entry = entry_for(inner, &ixn.destination_name)?;
+            entry.sources.push(config_entries::legacy_source(&ixn));
+            (ixn.id, ixn.destination_name, entry)
+        }
+        IntentionWrite::Update(id, ixn) => {
+            let Some((stored, at)) = inner.config.find_legacy(&id) else {
+                return Err(IntentionWriteError::NotFound(id).into());
+            };
+            let mut ixn = validated(ixn)?;
+            if !ixn.destination_name.eq_ignore_ascii_case(&stored.name) {
+                return Err(ApiError::Internal(
+                    "Cannot modify DestinationNS or DestinationName for an intention once it exists.".into(),
+                ));
+            }
+            let mut entry = stored.clone();
+            ixn.id = id.clone();
+            ixn.created_at = entry.sources[at].legacy_create_time.unwrap_or(now);
+            ixn.updated_at = now;
+            entry.sources[at] = config_entries::legacy_source(&ixn);
+            (id, entry.name.clone(), entry)
+        }
+        IntentionWrite::Delete(id) => {
+            let Some((stored, at)) = inner.config.find_legacy(&id) else {
+                return Err(ApiError::Internal(format!(
+                    "{}: '{id}'",
+                    profile.delete_missing_intention
+                )));
+            };
+            let mut entry = stored.clone();
+            entry.sources.remove(at);
+            (id, entry.name.clone(), entry)
+        }
+    };
+    inner.config.put_intentions(entry, index)?;
+    super::config::sync_intentions(inner, &destination);
+    Ok(id)
 }
 
 async fn get_one(
@@ -174,7 +336,8 @@ async fn get_one(
     query: Query,
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
-    check_uuid(&id)?;
+    let profile = app.store.settings().profile();
+    check_uuid(&id, profile.intention_lookup)?;
     let acl = app.acl(&token)?;
     let ixn = app
         .store
@@ -184,7 +347,7 @@ async fn get_one(
         app.acl_rules
             .intention_read(&acl, &ixn.source_name, &ixn.destination_name),
     )?;
-    Ok(Json::new(&ixn, &query).into_response())
+    Ok(Json::new(&IntentionView(&ixn, profile.intention_shape), &query).into_response())
 }
 
 async fn update(
@@ -253,7 +416,8 @@ async fn matches(
         super::require(acl.intention_read(name))?;
     }
     // The match RPC blocks like any other; Consul 1.4.5 sends no index header for it.
-    let (_, result) = app
+    let profile = app.store.settings().profile();
+    let (index, result) = app
         .store
         .block(Table::Intentions, blocking, |inner| {
             let set = inner.intentions.set();
@@ -273,7 +437,25 @@ async fn matches(
             (inner.table_index(Table::Intentions), result)
         })
         .await;
-    Ok(Json::new(&result, &query).into_response())
+    let result: BTreeMap<&String, Option<Vec<IntentionView<'_>>>> = result
+        .iter()
+        .map(|(name, list)| {
+            let views = list.as_ref().map(|l| {
+                l.iter()
+                    .map(|i| IntentionView(i, profile.intention_shape))
+                    .collect()
+            });
+            (name, views)
+        })
+        .collect();
+    let json = Json::new(&result, &query);
+    Ok(if profile.match_query_meta {
+        json.meta(index)
+            .header("X-Consul-Effective-Consistency", "leader")
+            .into_response()
+    } else {
+        json.into_response()
+    })
 }
 
 async fn check(
@@ -307,7 +489,14 @@ async fn check(
         inner
             .intentions
             .set()
-            .check(&src_ns, &src_name, &dst_ns, &dst_name, default)
+            .check(
+                &src_ns,
+                &src_name,
+                &dst_ns,
+                &dst_name,
+                default,
+                app.store.settings().profile().wording,
+            )
             .allowed
     });
     Ok(Json::new(&IntentionCheck { allowed }, &query).into_response())
@@ -358,6 +547,13 @@ async fn exact_get(
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, false)?;
+    let profile = app.store.settings().profile();
+    if profile.config_entries && src.0 != DEFAULT_NAMESPACE {
+        return Err(ApiError::Internal(format!(
+            "Invalid SourceNS {:?}: Namespaces is a Consul Enterprise feature",
+            src.0
+        )));
+    }
     super::require(
         app.acl_rules
             .intention_read(&*app.acl(&token)?, &src.1, &dst.1),
@@ -366,7 +562,7 @@ async fn exact_get(
         .store
         .read(|inner| find_exact(inner.intentions.set(), &src, &dst))
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.into()))?;
-    Ok(Json::new(&ixn, &query).into_response())
+    Ok(Json::new(&IntentionView(&ixn, profile.intention_shape), &query).into_response())
 }
 
 async fn exact_put(
@@ -380,6 +576,10 @@ async fn exact_put(
     super::require(app.acl(&token)?.intention_write(&dst.1))?;
     let mut ixn = decode_intention(&body)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    if app.store.settings().profile().config_entries {
+        exact_write(&app, &dst.1, Some((&src.1, ixn)))?;
+        return Ok(Json::new(&true, &query).into_response());
+    }
     ixn.source_ns = src.0.clone();
     ixn.source_name = src.1.clone();
     ixn.destination_ns = dst.0.clone();
@@ -414,6 +614,10 @@ async fn exact_delete(
     query.datacenter(&app.store)?;
     let (src, dst) = exact_names(&query, true)?;
     super::require(app.acl(&token)?.intention_write(&dst.1))?;
+    if app.store.settings().profile().config_entries {
+        exact_remove(&app, &dst.1, &src.1)?;
+        return Ok(Json::new(&true, &query).into_response());
+    }
     app.store.write(|inner, index, changes| {
         if let Some(existing) = find_exact(inner.intentions.set(), &src, &dst) {
             inner.intentions.apply(
@@ -426,6 +630,85 @@ async fn exact_delete(
         Ok::<_, ApiError>(())
     })?;
     Ok(Json::new(&true, &query).into_response())
+}
+
+/// `PUT /v1/connect/intentions/exact` in a 1.9+ profile: the source is written into the
+/// destination's `service-intentions` entry (a namespace in `source` is dropped, as OSS does).
+fn exact_write(
+    app: &AppState,
+    destination: &str,
+    put: Option<(&str, Intention)>,
+) -> Result<(), ApiError> {
+    let Some((source, ixn)) = put else {
+        return Ok(());
+    };
+    if ixn.meta.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::Internal(
+            "Meta must not be specified, or should be unchanged during an update.".into(),
+        ));
+    }
+    let new = SourceIntention {
+        name: source.to_owned(),
+        namespace: None,
+        partition: None,
+        peer: None,
+        action: (!ixn.action.is_empty()).then(|| ixn.action.to_lowercase()),
+        permissions: ixn.permissions.clone(),
+        precedence: 0,
+        legacy_id: None,
+        source_type: ixn.source_type.clone(),
+        description: (!ixn.description.is_empty()).then(|| ixn.description.clone()),
+        legacy_meta: None,
+        legacy_create_time: None,
+        legacy_update_time: None,
+    };
+    update_entry(app, destination, |entry| {
+        match entry.sources.iter_mut().find(|s| s.name == source) {
+            Some(s) => *s = new,
+            None => entry.sources.push(new),
+        }
+    })
+}
+
+/// `DELETE /v1/connect/intentions/exact` in a 1.9+ profile (absent is fine).
+fn exact_remove(app: &AppState, destination: &str, source: &str) -> Result<(), ApiError> {
+    update_entry(app, destination, |entry| {
+        entry.sources.retain(|s| s.name != source);
+    })
+}
+
+/// Edits a destination's `service-intentions` entry (created empty if absent) and stores it.
+fn update_entry(
+    app: &AppState,
+    destination: &str,
+    edit: impl FnOnce(&mut ServiceIntentionsEntry),
+) -> Result<(), ApiError> {
+    app.store.write(|inner, index, changes| {
+        let mut entry =
+            inner
+                .config
+                .intentions(destination)
+                .cloned()
+                .unwrap_or(ServiceIntentionsEntry {
+                    name: destination.to_owned(),
+                    partition: None,
+                    namespace: None,
+                    sources: Vec::new(),
+                    meta: None,
+                    create_index: 0,
+                    modify_index: 0,
+                });
+        let before = entry.sources.len();
+        edit(&mut entry);
+        if before == 0 && entry.sources.is_empty() {
+            return Ok(());
+        }
+        inner.config.put_intentions(entry, index)?;
+        super::config::sync_intentions(inner, destination);
+        changes.touch(Table::ConfigEntries);
+        changes.touch(Table::Intentions);
+        Ok::<_, ApiError>(())
+    })
 }
 
 async fn authorize(
@@ -443,13 +726,24 @@ async fn authorize(
     }
     let client = match req.client_cert_uri.parse::<SpiffeId>() {
         Ok(SpiffeId::Service(id)) => id,
-        // A CA, agent, server or mesh-gateway identity is never a Connect caller.
-        Ok(_) => {
+        // None of these is ever a Connect caller. Each version words the refusal by what its
+        // parser knew: the signing ID always, agent IDs from 1.7 on (the profile's text), and
+        // server and mesh-gateway IDs (1.13+) not at all.
+        Ok(SpiffeId::Signing(_)) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Service identifier".into(),
             ))
         }
-        Err(_) => {
+        Ok(SpiffeId::Agent(_)) => {
+            return Err(ApiError::BadRequestPrefixed(
+                app.store
+                    .settings()
+                    .profile()
+                    .authorize_not_service_uri
+                    .into(),
+            ))
+        }
+        Ok(_) | Err(_) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Connect identifier".into(),
             ))
@@ -462,7 +756,12 @@ async fn authorize(
     let (_, matches) = crate::cache::caught_up(lookup.value, current)
         .await
         .ok_or_else(|| ApiError::Internal("agent cache: no intentions fetched".into()))?;
-    let decision = decide_matches(matches.iter(), &client, app.default_decision());
+    let decision = decide_matches(
+        matches.iter(),
+        &client,
+        app.default_decision(),
+        app.store.settings().profile().wording,
+    );
     let resp = AuthorizeResponse {
         authorized: decision.allowed,
         reason: decision.reason,

@@ -131,7 +131,7 @@ mod tests {
         let timeout = Duration::from_millis(300);
         let limits = ConnLimits::new(MAX_CONNS_PER_CLIENT, MAX_CONNS, timeout);
         let server = tokio::spawn(crate::http::server::serve_with(
-            listener,
+            crate::http::server::Listener::Tcp(listener),
             app,
             std::future::pending(),
             limits,
@@ -159,6 +159,7 @@ mod tests {
             node_address: "127.0.0.1".into(),
             ca: Default::default(),
             acl: Default::default(),
+            version: Default::default(),
         }
     }
 }

@@ -2,13 +2,14 @@
 
 mod acl;
 mod catalog;
+mod config;
 mod connect;
 mod intentions;
 mod limits;
 mod queries;
 pub(crate) mod server;
 
-pub(crate) use server::serve;
+pub(crate) use server::{serve, Listener};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub struct AppState {
     /// Resolved token authorizers, valid for one ACL table index.
     acl_cache: Arc<std::sync::Mutex<AclCache>>,
     allow_all: Arc<Authorizer>,
-    /// The ACL decisions of the emulated Consul version.
+    /// The ACL decisions of the emulated Consul version (from its profile).
     pub acl_rules: AclRules,
 }
 
@@ -57,19 +58,14 @@ struct AclCache {
 impl AppState {
     /// State for the router.
     pub fn new(store: Arc<Store>, cache: Arc<ConnectCache>) -> Self {
+        let acl_rules = store.settings().profile().acl;
         Self {
             store,
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
-            acl_rules: AclRules::default(),
+            acl_rules,
         }
-    }
-
-    /// The same state deciding ACLs as `rules` (a Consul version's) say.
-    pub fn with_acl_rules(mut self, rules: AclRules) -> Self {
-        self.acl_rules = rules;
-        self
     }
 
     /// What `token` may do, resolved from state already under the store's lock (for reads
@@ -246,13 +242,46 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(acl::routes())
         .merge(catalog::routes())
+        .merge(config::routes())
         .merge(connect::routes())
         .merge(intentions::routes())
         .merge(queries::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(limits, limit_blocking))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            version_headers,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The headers the emulated version adds to answers: `X-Consul-Default-Acl-Policy` on every
+/// one, `X-Consul-Query-Backend` wherever query meta is set.
+async fn version_headers(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    mut resp: Response,
+) -> Response {
+    let settings = app.store.settings();
+    let profile = settings.profile();
+    let headers = resp.headers_mut();
+    if profile.query_backend_header && headers.contains_key("X-Consul-KnownLeader") {
+        headers.insert(
+            "X-Consul-Query-Backend",
+            HeaderValue::from_static("blocking-query"),
+        );
+    }
+    if profile.default_acl_policy_header {
+        let policy = match (settings.acl.enabled, settings.acl.default_policy) {
+            (true, DefaultPolicy::Deny) => "deny",
+            _ => "allow",
+        };
+        headers.insert(
+            "X-Consul-Default-Acl-Policy",
+            HeaderValue::from_static(policy),
+        );
+    }
+    resp
 }
 
 async fn not_found() -> Response {

@@ -5,6 +5,9 @@
 //! minutes later); it cannot wrap them in [`PollAgain`], which saves a worker wake-up per
 //! request with a body; and it closes a connection with a request body still arriving, which
 //! can reset the answer away ([`LingeringStream`] closes as Go's server does).
+//!
+//! One loop serves each [`Listener`]: HTTP, HTTPS (the handshake runs in the connection's task)
+//! or a unix socket.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,13 +26,65 @@ use hyper_util::server::graceful::GracefulShutdown;
 use poll_again::PollAgain;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use super::limits;
 
+/// Where the API is served: plain TCP, TLS over TCP, or a unix socket.
+pub(crate) enum Listener {
+    /// HTTP over TCP.
+    Tcp(TcpListener),
+    /// HTTPS: TCP, then a TLS handshake (in the connection's task, never in the accept loop).
+    Tls(TcpListener, TlsAcceptor),
+    /// HTTP over a unix socket, removed when the server stops (as Go's listener does).
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+/// A connection accepted by a [`Listener`], before any TLS handshake.
+enum Accepted {
+    Tcp(LingeringStream),
+    Tls(LingeringStream, TlsAcceptor),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// The peer address handlers see for a unix-socket client, which has none: loopback, as the
+/// client is on this machine.
+#[cfg(unix)]
+const UNIX_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Accepted, Option<Closing>, SocketAddr)> {
+        let tcp = |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+            // Small requests and answers: do not let Nagle hold them back.
+            let _ = stream.set_nodelay(true);
+            let (stream, closing) = LingeringStream::new(stream);
+            (stream, closing, peer)
+        };
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (stream, closing, peer) = tcp(l.accept().await?);
+                (Accepted::Tcp(stream), Some(closing), peer)
+            }
+            Listener::Tls(l, acceptor) => {
+                let (stream, closing, peer) = tcp(l.accept().await?);
+                (Accepted::Tls(stream, acceptor.clone()), Some(closing), peer)
+            }
+            #[cfg(unix)]
+            Listener::Unix(l, _) => (Accepted::Unix(l.accept().await?.0), None, UNIX_PEER),
+        })
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// their requests. Dropping (aborting) the returned future ends every connection at once.
-pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output = ()>) {
     let limits = limits::ConnLimits::new(
         limits::MAX_CONNS_PER_CLIENT,
         limits::MAX_CONNS,
@@ -40,7 +95,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, shutdown: impl Fut
 
 /// [`serve`] with the given connection limits.
 pub(crate) async fn serve_with(
-    listener: TcpListener,
+    listener: Listener,
     app: Router,
     shutdown: impl Future<Output = ()>,
     conn_limits: Arc<limits::ConnLimits>,
@@ -58,7 +113,7 @@ pub(crate) async fn serve_with(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (accepted, closing, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off rather than spin.
@@ -67,32 +122,132 @@ pub(crate) async fn serve_with(
                         continue;
                     }
                 };
-                // Over the per-client or total cap: closed at once.
+                // Over the per-client or total cap: closed at once. (Unix-socket clients share
+                // one address, loopback.)
                 let Some(permit) = conn_limits.admit(peer.ip()) else { continue };
-                // Small requests and answers: do not let Nagle hold them back.
-                let _ = stream.set_nodelay(true);
-                let (builder, service, watcher) = (builder.clone(), service(&app, peer), graceful.watcher());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let service = service(&app, peer);
                 connections.spawn(PollAgain::new(async move {
                     let _permit = permit;
-                    if !limits::spoke_in_time(&stream, header_timeout).await {
-                        return;
+                    // A client that connects and stays silent is dropped (hyper's header
+                    // timer starts only with the first byte).
+                    let tcp = match &accepted {
+                        Accepted::Tcp(s) | Accepted::Tls(s, _) => Some(&s.stream),
+                        #[cfg(unix)]
+                        Accepted::Unix(_) => None,
+                    };
+                    if let Some(tcp) = tcp {
+                        if !limits::spoke_in_time(tcp, header_timeout).await {
+                            return;
+                        }
                     }
-                    let (stream, closing) = LingeringStream::new(stream);
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let stream = match accepted {
+                        Accepted::Tcp(stream) => ServerStream::Tcp(stream),
+                        Accepted::Tls(stream, acceptor) => {
+                            let handshake = acceptor.accept(stream);
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                                Ok(Ok(stream)) => ServerStream::Tls(Box::new(stream)),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "agent-sim: TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "agent-sim: TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                        #[cfg(unix)]
+                        Accepted::Unix(stream) => ServerStream::Unix(stream),
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(connection).await {
                         tracing::debug!(%peer, error = %e, "agent-sim: connection ended");
                     }
-                    closing.linger().await;
+                    if let Some(closing) = closing {
+                        closing.linger().await;
+                    }
                 }));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
+    #[cfg(unix)]
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
     drop(listener);
     // The caller bounds this wait (`Agent::shutdown` gives it a second) by dropping the
     // future, and with it `connections`, which aborts the connections still open.
     graceful.shutdown().await;
+}
+
+/// An accepted connection, after the TLS handshake for HTTPS.
+enum ServerStream {
+    Tcp(LingeringStream),
+    Tls(Box<tokio_rustls::server::TlsStream<LingeringStream>>),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// Forwards a tokio I/O call to whichever stream is inside.
+macro_rules! forward {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self.get_mut() {
+            ServerStream::Tcp($s) => $call,
+            ServerStream::Tls($s) => $call,
+            #[cfg(unix)]
+            ServerStream::Unix($s) => $call,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerStream::Tcp(s) => s.is_write_vectored(),
+            ServerStream::Tls(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            ServerStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
 }
 
 /// How long a closed connection still reads what its client sends (Go's `rstAvoidanceDelay`).

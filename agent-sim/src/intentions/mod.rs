@@ -8,7 +8,7 @@
 //! ```
 //! use agent_sim::intentions::{fill_defaults, validate, IntentionSet};
 //! use consul_connect_types::api::Intention;
-//! use consul_connect_types::intentions::DefaultDecision;
+//! use consul_connect_types::intentions::{DefaultDecision, Wording};
 //! use consul_connect_types::spiffe::ServiceId;
 //!
 //! let mut deny: Intention = serde_json::from_str(
@@ -21,7 +21,7 @@
 //! set.insert(deny)?;
 //!
 //! let web: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/web".parse()?;
-//! let decision = set.decide(&web, "default", "db", DefaultDecision::AclsDisabled);
+//! let decision = set.decide(&web, "default", "db", DefaultDecision::AclsDisabled, Wording::Consul1_9);
 //! assert!(!decision.allowed);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -36,7 +36,7 @@ use consul_connect_types::api::Intention;
 use consul_connect_types::go::go_quote;
 use consul_connect_types::intentions::{
     compare_precedence, decide_matches, decide_matches_by_name, precedence, Decision,
-    DefaultDecision, DEFAULT_NAMESPACE, SOURCE_TYPE_CONSUL, WILDCARD,
+    DefaultDecision, Wording, DEFAULT_NAMESPACE, SOURCE_TYPE_CONSUL, WILDCARD,
 };
 use consul_connect_types::spiffe::ServiceId;
 
@@ -299,11 +299,13 @@ pub struct DuplicateIntention {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct IntentionSet {
-    by_id: HashMap<String, Arc<Intention>>,
+    /// Lowercased (SourceNS, SourceName, DestinationNS, DestinationName) → the intention. The
+    /// names are unique; the ID is not always set (a config entry's intentions have none).
+    by_names: HashMap<NamesKey, Arc<Intention>>,
     by_destination: Index,
     by_source: Index,
-    /// Lowercased (SourceNS, SourceName, DestinationNS, DestinationName) → ID.
-    by_names: HashMap<NamesKey, String>,
+    /// ID → names, for the intentions that have an ID.
+    by_id: HashMap<String, NamesKey>,
 }
 
 type NamesKey = (String, String, String, String);
@@ -316,32 +318,35 @@ impl IntentionSet {
 
     /// Number of intentions.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_names.len()
     }
 
     /// Whether the set holds no intention.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_names.is_empty()
     }
 
     /// The intention with this ID.
     pub fn get(&self, id: &str) -> Option<&Intention> {
-        self.by_id.get(id).map(|ixn| &**ixn)
+        self.by_id
+            .get(id)
+            .and_then(|key| self.by_names.get(key))
+            .map(|ixn| &**ixn)
     }
 
     /// All intentions, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Intention> + '_ {
-        self.by_id.values().map(|ixn| &**ixn)
+        self.by_names.values().map(|ixn| &**ixn)
     }
 
     /// The stored intention with the same four names (case-insensitively) and another ID: what
-    /// makes Consul refuse a create or update.
+    /// makes Consul refuse a create or update. Without IDs, the names are the identity.
     pub fn find_duplicate(&self, ixn: &Intention) -> Option<&Intention> {
-        let id = self.by_names.get(&names_key(ixn))?;
-        if *id == ixn.id {
+        let stored = self.by_names.get(&names_key(ixn))?;
+        if stored.id == ixn.id {
             return None;
         }
-        self.get(id)
+        Some(stored)
     }
 
     /// Inserts an intention, or replaces the one with the same ID (moving it between buckets if
@@ -360,30 +365,51 @@ impl IntentionSet {
             });
         }
         ixn.precedence = precedence(&ixn);
-        let replaced = self.remove(&ixn.id);
+        let key = names_key(&ixn);
+        let replaced = if ixn.id.is_empty() {
+            self.remove_key(&key)
+        } else {
+            self.remove(&ixn.id)
+        };
         let ixn = Arc::new(ixn);
         self.by_destination
             .add(&ixn.destination_ns, &ixn.destination_name, &ixn);
         self.by_source.add(&ixn.source_ns, &ixn.source_name, &ixn);
-        self.by_names.insert(names_key(&ixn), ixn.id.clone());
-        self.by_id.insert(ixn.id.clone(), ixn);
+        if !ixn.id.is_empty() {
+            self.by_id.insert(ixn.id.clone(), key.clone());
+        }
+        self.by_names.insert(key, ixn);
         Ok(replaced)
     }
 
     /// Removes the intention with this ID and returns it.
     pub fn remove(&mut self, id: &str) -> Option<Intention> {
-        let ixn = self.by_id.remove(id)?;
+        let key = self.by_id.get(id)?.clone();
+        self.remove_key(&key)
+    }
+
+    /// Removes every intention whose destination is exactly (namespace, name), as replacing a
+    /// `service-intentions` config entry does.
+    pub fn remove_destination(&mut self, namespace: &str, name: &str) {
+        let keys: Vec<NamesKey> = self
+            .by_destination
+            .bucket(&lower(namespace), &lower(name))
+            .iter()
+            .map(|ixn| names_key(ixn))
+            .collect();
+        for key in keys {
+            self.remove_key(&key);
+        }
+    }
+
+    fn remove_key(&mut self, key: &NamesKey) -> Option<Intention> {
+        let ixn = self.by_names.remove(key)?;
         self.by_destination
             .remove(&ixn.destination_ns, &ixn.destination_name, &ixn);
         self.by_source
             .remove(&ixn.source_ns, &ixn.source_name, &ixn);
-        let key = names_key(&ixn);
-        if self
-            .by_names
-            .get(&key)
-            .is_some_and(|stored| *stored == ixn.id)
-        {
-            self.by_names.remove(&key);
+        if !ixn.id.is_empty() {
+            self.by_id.remove(&ixn.id);
         }
         // Every index has dropped its clone, so this is normally the only reference left.
         Some(Arc::try_unwrap(ixn).unwrap_or_else(|shared| (*shared).clone()))
@@ -416,11 +442,13 @@ impl IntentionSet {
         target_ns: &str,
         target: &str,
         default: DefaultDecision,
+        wording: Wording,
     ) -> Decision {
         decide_matches(
             self.by_destination.matches(target_ns, target),
             source,
             default,
+            wording,
         )
     }
 
@@ -432,6 +460,7 @@ impl IntentionSet {
         destination_ns: &str,
         destination_name: &str,
         default: DefaultDecision,
+        wording: Wording,
     ) -> Decision {
         decide_matches_by_name(
             self.by_destination
@@ -439,6 +468,7 @@ impl IntentionSet {
             source_ns,
             source_name,
             default,
+            wording,
         )
     }
 }

@@ -275,7 +275,7 @@ fn decision_table() {
             let set = set_of(&specs);
             let what = format!("{} (reversed: {reversed})", case.name);
 
-            let d = set.decide(&source, dst_ns, dst_name, case.default);
+            let d = set.decide(&source, dst_ns, dst_name, case.default, Wording::Consul1_4);
             assert_eq!(d.allowed, case.allowed, "{what}: allowed");
             assert_eq!(d.matched.as_deref(), case.matched, "{what}: matched");
             assert_eq!(d.reason, case.reason, "{what}: reason");
@@ -287,13 +287,20 @@ fn decision_table() {
                 .cloned()
                 .collect();
             assert_eq!(
-                decide_matches(&list, &source, case.default),
+                decide_matches(&list, &source, case.default, Wording::Consul1_4),
                 d,
                 "{what}: sdk"
             );
 
             // `/intentions/check` gives the same answer by names.
-            let checked = set.check(src_ns, src_name, dst_ns, dst_name, case.default);
+            let checked = set.check(
+                src_ns,
+                src_name,
+                dst_ns,
+                dst_name,
+                case.default,
+                Wording::Consul1_4,
+            );
             assert_eq!(checked, d, "{what}: check");
         }
     }
@@ -305,7 +312,7 @@ fn trust_domain_and_datacenter_are_ignored() {
     let foreign: ServiceId = "spiffe://other-cluster.consul/ns/default/dc/dc9/svc/web"
         .parse()
         .unwrap();
-    let d = set.decide(&foreign, "default", "db", OFF);
+    let d = set.decide(&foreign, "default", "db", OFF, Wording::Consul1_4);
     assert!(!d.allowed);
     assert_eq!(d.matched.as_deref(), Some("a"));
 }
@@ -646,17 +653,17 @@ fn a_removed_deny_no_longer_decides() {
     let mut set = set_of(&["a: default/web -> default/db deny", "b: */* -> */* allow"]);
     let web = client("default", "web");
     assert_eq!(
-        set.decide(&web, "default", "db", ACL_DENY)
+        set.decide(&web, "default", "db", ACL_DENY, Wording::Consul1_4)
             .matched
             .as_deref(),
         Some("a")
     );
     set.remove("a").unwrap();
-    let d = set.decide(&web, "default", "db", ACL_DENY);
+    let d = set.decide(&web, "default", "db", ACL_DENY, Wording::Consul1_4);
     assert!(d.allowed);
     assert_eq!(d.matched.as_deref(), Some("b"));
     set.remove("b").unwrap();
-    let d = set.decide(&web, "default", "db", ACL_DENY);
+    let d = set.decide(&web, "default", "db", ACL_DENY, Wording::Consul1_4);
     assert_eq!((d.allowed, d.matched), (false, None));
 }
 
@@ -676,9 +683,15 @@ fn a_replaced_intention_moves_buckets() {
 
     assert_eq!(ids(set.match_destination("default", "db")), ["z"]);
     assert_eq!(ids(set.match_destination("default", "cache")), ["a"]);
-    assert_eq!(set.decide(&web, "default", "db", OFF).matched, None);
     assert_eq!(
-        set.decide(&web, "default", "cache", OFF).matched.as_deref(),
+        set.decide(&web, "default", "db", OFF, Wording::Consul1_4)
+            .matched,
+        None
+    );
+    assert_eq!(
+        set.decide(&web, "default", "cache", OFF, Wording::Consul1_4)
+            .matched
+            .as_deref(),
         Some("a")
     );
 
@@ -692,7 +705,13 @@ fn a_replaced_intention_moves_buckets() {
     // A change of action only: the new action decides.
     set.insert(spec("a: default/cron -> default/cache allow"))
         .unwrap();
-    let d = set.decide(&client("default", "cron"), "default", "cache", ACL_DENY);
+    let d = set.decide(
+        &client("default", "cron"),
+        "default",
+        "cache",
+        ACL_DENY,
+        Wording::Consul1_4,
+    );
     assert!(d.allowed);
     assert_eq!(set.len(), 2);
 }
@@ -896,8 +915,8 @@ fn decision_cost_does_not_grow_with_the_set() {
     }
 
     let nobody = client("default", "nobody");
-    let d_big = big.decide(&nobody, "default", "svc-42", ACL_DENY);
-    let d_small = small.decide(&nobody, "default", "svc-42", ACL_DENY);
+    let d_big = big.decide(&nobody, "default", "svc-42", ACL_DENY, Wording::Consul1_4);
+    let d_small = small.decide(&nobody, "default", "svc-42", ACL_DENY, Wording::Consul1_4);
     // No source matches "nobody", so every candidate is examined: exactly the 15 in the
     // destination's three buckets, out of 100,005.
     assert_eq!(d_big.matched, None);
@@ -906,13 +925,25 @@ fn decision_cost_does_not_grow_with_the_set() {
     assert_eq!(big.match_destination("default", "svc-42").len(), 15);
 
     // A matching client stops at its intention.
-    let d = big.decide(&client("default", "src-7"), "default", "svc-42", ACL_ALLOW);
+    let d = big.decide(
+        &client("default", "src-7"),
+        "default",
+        "svc-42",
+        ACL_ALLOW,
+        Wording::Consul1_4,
+    );
     assert_eq!(d.matched.as_deref(), Some("x-7-42"));
     assert!(!d.allowed);
     assert!(d.examined <= 15);
     assert_eq!(
         d,
-        small.decide(&client("default", "src-7"), "default", "svc-42", ACL_ALLOW)
+        small.decide(
+            &client("default", "src-7"),
+            "default",
+            "svc-42",
+            ACL_ALLOW,
+            Wording::Consul1_4
+        )
     );
 
     // By source as well: src-3 has 10,000 intentions, but a source outside the set

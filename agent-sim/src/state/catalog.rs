@@ -733,6 +733,7 @@ mod tests {
             node_address: "127.0.0.1".into(),
             ca: Default::default(),
             acl: Default::default(),
+            version: Default::default(),
         };
         Catalog::new(&settings, 1)
     }

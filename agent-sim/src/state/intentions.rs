@@ -2,7 +2,7 @@
 
 use crate::intentions::{fill_defaults, validate, IntentionSet};
 use consul_connect_types::api::{Intention, Meta};
-use consul_connect_types::intentions::precedence;
+use consul_connect_types::intentions::{precedence, DEFAULT_NAMESPACE};
 use time::OffsetDateTime;
 
 /// Why an intention write was refused; Consul answers all of these with 500 and this text.
@@ -54,6 +54,24 @@ impl Intentions {
     /// The indexed set.
     pub fn set(&self) -> &IntentionSet {
         &self.set
+    }
+
+    /// Replaces a destination's intentions with those of its `service-intentions` entry (none
+    /// when it was deleted).
+    pub fn sync_destination(
+        &mut self,
+        destination: &str,
+        entry: Option<&consul_connect_types::api::ServiceIntentionsEntry>,
+    ) {
+        self.set.remove_destination(DEFAULT_NAMESPACE, destination);
+        for ixn in entry
+            .map(super::config_entries::entry_intentions)
+            .unwrap_or_default()
+        {
+            if let Err(e) = self.set.insert(ixn) {
+                tracing::warn!(error = %e, "config entry intention not indexed");
+            }
+        }
     }
 
     /// Applies a write at `index`; returns the intention's ID.

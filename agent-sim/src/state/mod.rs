@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod ca;
 pub mod catalog;
+pub mod config_entries;
 pub mod intentions;
 pub mod leaf;
 pub mod persist;
@@ -34,16 +35,19 @@ pub enum Table {
     Acl,
     /// Prepared queries.
     Queries,
+    /// Config entries.
+    ConfigEntries,
 }
 
 impl Table {
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 7] = [
         Table::Services,
         Table::Roots,
         Table::CaConfig,
         Table::Intentions,
         Table::Acl,
         Table::Queries,
+        Table::ConfigEntries,
     ];
 
     fn slot(self) -> usize {
@@ -66,6 +70,15 @@ pub struct StoreSettings {
     pub ca: CaSettings,
     /// ACL settings.
     pub acl: acl::AclSettings,
+    /// The Consul version emulated.
+    pub version: crate::profile::ConsulVersion,
+}
+
+impl StoreSettings {
+    /// What the emulated version answers differently.
+    pub fn profile(&self) -> &'static crate::profile::Profile {
+        self.version.profile()
+    }
 }
 
 /// Everything under the store's lock.
@@ -79,8 +92,10 @@ pub struct Inner {
     pub catalog: Catalog,
     /// Roots, configuration and the active provider.
     pub ca: CaState,
-    /// Intentions.
+    /// Intentions (in 1.9+ profiles, derived from the `service-intentions` entries).
     pub intentions: intentions::Intentions,
+    /// Config entries (1.9+ profiles).
+    pub config: config_entries::ConfigEntries,
     /// ACL tokens and policies.
     pub acl: acl::AclState,
     /// Prepared queries.
@@ -122,6 +137,7 @@ impl Inner {
             catalog,
             ca,
             intentions: intentions::Intentions::default(),
+            config: Default::default(),
             acl,
             queries: queries::Queries::default(),
         };
@@ -145,6 +161,7 @@ impl Inner {
             catalog,
             ca: CaState::restore(&saved.cluster_id, saved.ca)?,
             intentions: intentions::Intentions::restore(saved.intentions),
+            config: config_entries::ConfigEntries::restore(saved.config_entries),
             acl: acl::AclState::restore(saved.acl, &settings.acl, index, now),
             queries: queries::Queries::restore(saved.queries),
         };
@@ -160,6 +177,7 @@ impl Inner {
             ca: self.ca.snapshot(),
             services: self.catalog.snapshot(),
             intentions: self.intentions.set().iter().cloned().collect(),
+            config_entries: self.config.all().cloned().collect(),
             acl: self.acl.snapshot(),
             queries: self.queries.all().cloned().collect(),
         }
@@ -464,6 +482,7 @@ mod tests {
             node_address: "127.0.0.1".into(),
             ca: Default::default(),
             acl: Default::default(),
+            version: Default::default(),
         };
         let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::new());
         let store = Store::open(settings, clock.clone(), Some(&dir)).unwrap();

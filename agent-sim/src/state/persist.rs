@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
     /// Intentions.
     pub intentions: Vec<Intention>,
+    /// Config entries (1.9+ profiles); the intentions above are derived from them.
+    #[serde(default)]
+    pub config_entries: Vec<consul_connect_types::api::ConfigEntry>,
     /// ACL state.
     pub acl: AclSnapshot,
     /// Prepared queries.
@@ -240,6 +243,7 @@ mod tests {
             node_address: "127.0.0.1".into(),
             ca: Default::default(),
             acl: Default::default(),
+            version: Default::default(),
         };
         let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
         crate::state::Store::open(settings, clock, Some(dir)).expect("store");

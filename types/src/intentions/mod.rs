@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use consul_connect_types::api::Intention;
-//! use consul_connect_types::intentions::{decide_matches, DefaultDecision};
+//! use consul_connect_types::intentions::{decide_matches, DefaultDecision, Wording};
 //! use consul_connect_types::spiffe::ServiceId;
 //!
 //! let matches: Vec<Intention> = serde_json::from_str(r#"[
@@ -24,7 +24,7 @@
 //!    "Precedence":9}
 //! ]"#)?;
 //! let web: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/web".parse()?;
-//! let decision = decide_matches(&matches, &web, DefaultDecision::AclsDisabled);
+//! let decision = decide_matches(&matches, &web, DefaultDecision::AclsDisabled, Wording::Consul1_4);
 //! assert!(!decision.allowed);
 //! assert_eq!(
 //!     decision.reason,
@@ -51,9 +51,102 @@ pub const SOURCE_TYPE_CONSUL: &str = "consul";
 pub const REASON_ACLS_DISABLED: &str = "ACLs disabled, access is allowed by default";
 /// Reason when no intention matched and the ACL default policy decided.
 pub const REASON_ACL_DEFAULT: &str = "Default behavior configured by ACLs";
-/// Prefix of the reason when an intention decided; the intention's [`Display`](fmt::Display)
-/// form follows.
+/// Prefix of the reason when an intention decided, in Consul 1.4–1.8; the intention's
+/// [`Display`](fmt::Display) form follows.
 pub const REASON_MATCHED_PREFIX: &str = "Matched intention: ";
+/// Prefix of the reason when an L4 intention (one with an `Action`) decided, in Consul 1.9+.
+pub const REASON_MATCHED_L4_PREFIX: &str = "Matched L4 intention: ";
+/// Prefix of the reason when an L7 intention (one with `Permissions`) matched, in Consul 1.9+:
+/// the connection is refused, since only a proxy can apply L7 rules.
+pub const REASON_MATCHED_L7_PREFIX: &str = "Matched L7 intention: ";
+
+/// How a Consul version words the reason of a matched intention. The decision itself is the
+/// same in every version.
+///
+/// ```
+/// use consul_connect_types::api::Intention;
+/// use consul_connect_types::intentions::Wording;
+///
+/// let ixn: Intention = serde_json::from_str(
+///     r#"{"ID":"a","SourceNS":"default","SourceName":"web","DestinationNS":"default",
+///         "DestinationName":"db","Action":"deny","Precedence":9}"#,
+/// )?;
+/// assert_eq!(
+///     Wording::Consul1_4.matched(&ixn),
+///     "Matched intention: DENY default/web => default/db (ID: a, Precedence: 9)"
+/// );
+/// assert_eq!(
+///     Wording::Consul1_9.matched(&ixn),
+///     "Matched L4 intention: default/web => default/db (ID: a, Precedence: 9, Action: DENY)"
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Wording {
+    /// Consul 1.4–1.8: `Matched intention: DENY default/web => default/db (ID: <id>,
+    /// Precedence: 9)`.
+    Consul1_4,
+    /// Consul 1.9+: `Matched L4 intention: default/web => default/db (ID: <id>, Precedence: 9,
+    /// Action: DENY)`, without the `ID: ` part for an intention that has none (a config
+    /// entry's), and `Matched L7 intention: … (Precedence: 9, Permissions: 2)` for L7 ones.
+    Consul1_9,
+}
+
+impl Wording {
+    /// The reason given when `ixn` decided.
+    pub fn matched(self, ixn: &Intention) -> String {
+        match self {
+            Wording::Consul1_4 => format!("{REASON_MATCHED_PREFIX}{ixn}"),
+            Wording::Consul1_9 => {
+                let prefix = if is_l7(ixn) {
+                    REASON_MATCHED_L7_PREFIX
+                } else {
+                    REASON_MATCHED_L4_PREFIX
+                };
+                format!("{prefix}{}", ModernDisplay(ixn))
+            }
+        }
+    }
+}
+
+/// Whether an intention carries L7 `Permissions` (and so never admits an L4 connection).
+pub fn is_l7(ixn: &Intention) -> bool {
+    ixn.permissions.as_ref().is_some_and(|p| !p.is_empty())
+}
+
+/// Consul 1.9+'s `Intention.String()`.
+struct ModernDisplay<'a>(&'a Intention);
+
+impl fmt::Display for ModernDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ixn = self.0;
+        write!(
+            f,
+            "{}/{} => {}/{} (",
+            ixn.source_ns, ixn.source_name, ixn.destination_ns, ixn.destination_name
+        )?;
+        if !ixn.id.is_empty() {
+            write!(f, "ID: {}, ", ixn.id)?;
+        }
+        match &ixn.permissions {
+            Some(p) if !p.is_empty() => {
+                write!(
+                    f,
+                    "Precedence: {}, Permissions: {})",
+                    ixn.precedence,
+                    p.len()
+                )
+            }
+            _ => write!(
+                f,
+                "Precedence: {}, Action: {})",
+                ixn.precedence,
+                ixn.action.to_uppercase()
+            ),
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Precedence, order, display
@@ -116,7 +209,7 @@ pub fn sort_by_precedence(ixns: &mut [Intention]) {
     ixns.sort_by(compare_precedence);
 }
 
-/// Consul's `Intention.String()`:
+/// Consul 1.4's `Intention.String()`:
 /// `DENY default/web => default/db (ID: <id>, Precedence: 9)`, action uppercased, with the
 /// stored precedence. Authorize reasons and the duplicate error embed it.
 impl fmt::Display for Intention {
@@ -192,7 +285,7 @@ pub struct Decision {
 ///
 /// ```
 /// use consul_connect_types::api::Intention;
-/// use consul_connect_types::intentions::{decide_matches, DefaultDecision};
+/// use consul_connect_types::intentions::{decide_matches, DefaultDecision, Wording};
 /// use consul_connect_types::spiffe::ServiceId;
 ///
 /// let matches: Vec<Intention> = serde_json::from_str(r#"[
@@ -200,17 +293,28 @@ pub struct Decision {
 ///    "DestinationName":"db","SourceType":"consul","Action":"allow","Precedence":9}
 /// ]"#)?;
 /// let api: ServiceId = "spiffe://abc.consul/ns/default/dc/dc1/svc/api".parse()?;
-/// let d = decide_matches(&matches, &api, DefaultDecision::AclDefaultDeny);
+/// let d = decide_matches(&matches, &api, DefaultDecision::AclDefaultDeny, Wording::Consul1_9);
 /// assert!(!d.allowed);
 /// assert_eq!(d.reason, "Default behavior configured by ACLs");
 /// assert_eq!(d.matched, None);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn decide_matches<'a, I>(matches: I, source: &ServiceId, default: DefaultDecision) -> Decision
+pub fn decide_matches<'a, I>(
+    matches: I,
+    source: &ServiceId,
+    default: DefaultDecision,
+    wording: Wording,
+) -> Decision
 where
     I: IntoIterator<Item = &'a Intention>,
 {
-    decide_matches_by_name(matches, source.namespace(), source.service(), default)
+    decide_matches_by_name(
+        matches,
+        source.namespace(),
+        source.service(),
+        default,
+        wording,
+    )
 }
 
 /// [`decide_matches`] for a source given by namespace and name, as
@@ -220,6 +324,7 @@ pub fn decide_matches_by_name<'a, I>(
     source_ns: &str,
     source_name: &str,
     default: DefaultDecision,
+    wording: Wording,
 ) -> Decision
 where
     I: IntoIterator<Item = &'a Intention>,
@@ -229,9 +334,10 @@ where
         examined += 1;
         if source_matches(ixn, source_ns, source_name) {
             return Decision {
-                // Go compares with IntentionActionAllow: anything else denies.
-                allowed: ixn.action == "allow",
-                reason: format!("{REASON_MATCHED_PREFIX}{ixn}"),
+                // Go compares with IntentionActionAllow: anything else denies. L7 rules only
+                // a proxy can apply, so they never admit an L4 connection.
+                allowed: !is_l7(ixn) && ixn.action == "allow",
+                reason: wording.matched(ixn),
                 matched: Some(ixn.id.clone()),
                 examined,
             };
@@ -245,10 +351,12 @@ where
     }
 }
 
-/// Whether an intention's source covers a client: `SourceNS` is `*` or equals the namespace,
-/// and `SourceName` is `*` or equals the service, compared exactly (case-sensitive).
+/// Whether an intention's source covers a local client: `SourceNS` is `*` or equals the
+/// namespace, and `SourceName` is `*` or equals the service, compared exactly (case-sensitive).
+/// An intention for a cluster peer's source (`SourcePeer`, 1.13+) never covers a local client.
 pub fn source_matches(ixn: &Intention, source_ns: &str, source_name: &str) -> bool {
-    (ixn.source_ns == WILDCARD || ixn.source_ns == source_ns)
+    ixn.source_peer.as_deref().is_none_or(str::is_empty)
+        && (ixn.source_ns == WILDCARD || ixn.source_ns == source_ns)
         && (ixn.source_name == WILDCARD || ixn.source_name == source_name)
 }
 

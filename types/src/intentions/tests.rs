@@ -40,7 +40,12 @@ fn sample_body(raw: &str) -> &str {
 fn non_allow_action_denies_like_go() {
     // Go authorizes with `Action == "allow"`; an unvalidated action never allows.
     let list = vec![ixn("a", "default/web", "default/db", "ALLOW")];
-    let d = decide_matches(&list, &client("default", "web"), ACL_ALLOW);
+    let d = decide_matches(
+        &list,
+        &client("default", "web"),
+        ACL_ALLOW,
+        Wording::Consul1_4,
+    );
     assert!(!d.allowed);
     assert_eq!(d.matched.as_deref(), Some("a"));
 }
@@ -60,7 +65,7 @@ fn reasons_equal_the_captured_authorize_answers() {
     ] {
         let captured: AuthorizeResponse = serde_json::from_str(sample_body(raw)).unwrap();
         let list = vec![ixn(SAMPLE_ID, "default/web", "default/db", action)];
-        let d = decide_matches(&list, &web, OFF);
+        let d = decide_matches(&list, &web, OFF, Wording::Consul1_4);
         assert_eq!(d.allowed, captured.authorized);
         assert_eq!(d.reason, captured.reason);
     }
@@ -72,7 +77,7 @@ fn default_decisions() {
     assert_eq!(OFF.reason(), "ACLs disabled, access is allowed by default");
     assert_eq!(ACL_ALLOW.reason(), "Default behavior configured by ACLs");
     assert_eq!(ACL_DENY.reason(), "Default behavior configured by ACLs");
-    let d = decide_matches(&[], &client("default", "web"), ACL_DENY);
+    let d = decide_matches(&[], &client("default", "web"), ACL_DENY, Wording::Consul1_9);
     assert_eq!((d.allowed, d.matched, d.examined), (false, None, 0));
 }
 
@@ -106,4 +111,53 @@ fn display_is_consuls_string() {
         i.to_string(),
         "ALLOW default/web => default/db (ID: 5887dc37-28b6-ab1e-5d8b-e5fa4499b42d, Precedence: 3)"
     );
+}
+
+#[test]
+fn modern_reasons_equal_the_captured_1_10_answers() {
+    let web = client("default", "web");
+    // 15: a legacy (UUID) intention; m17: a config entry's, which has no ID.
+    for (raw, id) in [
+        (
+            include_str!("../../../tests/data/consul-1.10.9/15_authorize_deny.http"),
+            "03171e54-b449-e76c-3d09-aedae4c6a4e3",
+        ),
+        (
+            include_str!("../../../tests/data/consul-1.10.9/m17_authorize_l4_deny_config.http"),
+            "",
+        ),
+    ] {
+        let captured: AuthorizeResponse = serde_json::from_str(sample_body(raw)).unwrap();
+        let list = vec![ixn(id, "default/web", "default/db", "deny")];
+        let d = decide_matches(&list, &web, OFF, Wording::Consul1_9);
+        assert_eq!(d.allowed, captured.authorized);
+        assert_eq!(d.reason, captured.reason);
+    }
+}
+
+#[test]
+fn an_l7_intention_never_admits_an_l4_connection() {
+    let raw = include_str!("../../../tests/data/consul-1.10.9/m36_authorize_l7_intention.http");
+    let captured: AuthorizeResponse = serde_json::from_str(sample_body(raw)).unwrap();
+    let mut l7 = ixn("", "default/web", "default/api", "");
+    l7.permissions = Some(serde_json::from_str(
+        r#"[{"Action":"allow","HTTP":{"PathPrefix":"/v1"}},{"Action":"deny","HTTP":{"PathExact":"/admin"}}]"#,
+    ).unwrap());
+    let d = decide_matches(&[l7], &client("default", "web"), OFF, Wording::Consul1_9);
+    assert!(!captured.authorized && !d.allowed);
+    assert_eq!(d.reason, captured.reason);
+}
+
+#[test]
+fn a_peer_source_never_matches_a_local_client() {
+    let mut peered = ixn("a", "default/web", "default/db", "deny");
+    peered.source_peer = Some("other-cluster".into());
+    let d = decide_matches(
+        &[peered],
+        &client("default", "web"),
+        ACL_ALLOW,
+        Wording::Consul1_9,
+    );
+    assert!(d.allowed);
+    assert_eq!(d.matched, None);
 }
