@@ -195,7 +195,9 @@ impl ConnectServiceBuilder {
             agent = agent.with_token(token);
         }
         let authorizer: Arc<dyn Authorizer> = match self.authorizer {
-            AuthorizerChoice::Agent => Arc::new(AgentAuthorizer::new(agent.clone())),
+            AuthorizerChoice::Agent => {
+                Arc::new(AgentAuthorizer::new(agent.clone()).with_watch_config(self.watch.clone()))
+            }
             AuthorizerChoice::Intentions(default) => Arc::new(IntentionsAuthorizer::start_with(
                 agent.clone(),
                 &self.name,

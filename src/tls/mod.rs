@@ -40,7 +40,7 @@ use rustls::crypto::CryptoProvider;
 pub use config::{client_config, server_config, ConnectClientConfig, ALPN_PROTOCOLS};
 pub use material::{verify_client, verify_peer, verify_server, Material, MaterialCell};
 pub use refusal::recording_refusals;
-pub(crate) use refusal::refuse_after_handshake;
+pub(crate) use refusal::{final_records, refuse_after_handshake};
 pub use verify::{
     peer_identity, ExpectedServer, HandshakeAuthorizer, PeerIdentity, PeerRole, VerifyError,
 };
