@@ -580,7 +580,10 @@ async fn a_deny_closes_an_open_http2_connection_for_both_authorizers() {
         let rejection = next_rejection(&mut rejections).await;
         assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
         assert!(
-            rejection.reason.contains("DENY default/web"),
+            rejection
+                .reason
+                .contains(&format!("default/web => default/{name}"))
+                && rejection.reason.contains("DENY"),
             "{name}: {}",
             rejection.reason
         );
