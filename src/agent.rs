@@ -100,6 +100,20 @@ pub enum AgentError {
         /// The ACL permission the endpoint requires.
         needed: &'static str,
     },
+    /// Consul OSS refused an Enterprise feature: a namespace or admin partition other than
+    /// `default` (`Namespaces are a Consul Enterprise feature`).
+    #[error(
+        "the Consul agent refused {path}: {message} (it is Consul OSS: leave the namespace and \
+         partition unset or `default`)"
+    )]
+    EnterpriseOnly {
+        /// The request path.
+        path: String,
+        /// The status code (400 for a parameter or header, 500 for a namespace in a name).
+        status: StatusCode,
+        /// Consul's message.
+        message: String,
+    },
     /// Any other non-2xx answer, with Consul's message.
     #[error("Consul agent answered {status} for {path}: {message}")]
     Status {
@@ -124,7 +138,9 @@ impl AgentError {
     /// The HTTP status, for answers the agent gave.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            AgentError::Status { status, .. } => Some(*status),
+            AgentError::Status { status, .. } | AgentError::EnterpriseOnly { status, .. } => {
+                Some(*status)
+            }
             AgentError::PermissionDenied { .. } => Some(StatusCode::FORBIDDEN),
             _ => None,
         }
@@ -283,6 +299,37 @@ impl AgentClient {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same agent, scoped to the namespace `ns` (Consul Enterprise): `?ns=` on every
+    /// request, as Go's client sends it. `default` is the namespace of Consul OSS, which
+    /// refuses any other with [`AgentError::EnterpriseOnly`].
+    pub fn with_namespace(self, ns: impl Into<String>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.namespace = Some(ns.into());
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same agent, scoped to the admin partition `partition` (Consul Enterprise 1.11+):
+    /// `?partition=` on every request.
+    pub fn with_partition(self, partition: impl Into<String>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.partition = Some(partition.into());
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The namespace every request is scoped to, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    /// The admin partition every request is scoped to, if any.
+    pub fn partition(&self) -> Option<&str> {
+        self.inner.partition.as_deref()
     }
 
     /// How long a pooled connection to the agent may stay idle before it is closed.
@@ -606,6 +653,15 @@ fn check_status(path: &str, status: StatusCode, body: &[u8]) -> Result<(), Agent
             path: path.to_owned(),
             message,
             needed: needed_permission(path),
+        });
+    }
+    // 400 for ?ns= / ?partition= / X-Consul-Namespace, 500 for a namespace inside a name:
+    // "... is a Consul Enterprise feature" / "... are a Consul Enterprise feature".
+    if message.contains("a Consul Enterprise feature") {
+        return Err(AgentError::EnterpriseOnly {
+            path: path.to_owned(),
+            status,
+            message,
         });
     }
     Err(AgentError::Status {

@@ -8,7 +8,8 @@ use rand::seq::SliceRandom;
 
 use crate::agent::{AgentClient, AgentError, QueryOptions};
 use crate::api::ServiceEntry;
-use crate::spiffe::ServiceId;
+use crate::intentions::DEFAULT_NAMESPACE;
+use crate::spiffe::{ServiceId, DEFAULT_PARTITION};
 use crate::tls::ExpectedServer;
 
 /// One instance to try: an address and who must answer there.
@@ -106,6 +107,15 @@ pub struct CatalogResolver {
     tag: Option<String>,
 }
 
+/// The namespace and partition instances are expected in: the agent client's scope, else
+/// Consul's defaults (OSS knows only those).
+fn scope(agent: &AgentClient) -> (&str, &str) {
+    (
+        agent.namespace().unwrap_or(DEFAULT_NAMESPACE),
+        agent.partition().unwrap_or(DEFAULT_PARTITION),
+    )
+}
+
 impl CatalogResolver {
     /// Resolves `service` through `agent`.
     pub fn new(agent: AgentClient, service: impl Into<String>) -> Self {
@@ -126,6 +136,20 @@ impl CatalogResolver {
     /// Only instances with this tag.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
+        self
+    }
+
+    /// Instances in this namespace (Consul Enterprise; sent as `?ns=`), whose certificates must
+    /// name it. Consul OSS refuses any but `default` ([`AgentError::EnterpriseOnly`](crate::agent::AgentError::EnterpriseOnly)).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.agent = self.agent.with_namespace(ns);
+        self
+    }
+
+    /// Instances in this admin partition (Consul Enterprise 1.11+; sent as `?partition=`),
+    /// whose certificates must name it.
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.agent = self.agent.with_partition(partition);
         self
     }
 }
@@ -150,7 +174,9 @@ impl Resolver for CatalogResolver {
                 source,
             })?
             .value;
-        let mut candidates: Vec<Candidate> = entries.iter().filter_map(candidate).collect();
+        let scope = scope(&self.agent);
+        let mut candidates: Vec<Candidate> =
+            entries.iter().filter_map(|e| candidate(e, scope)).collect();
         if candidates.is_empty() {
             return Err(ResolveError::NoInstances {
                 service: self.service.clone(),
@@ -215,7 +241,12 @@ impl Resolver for PreparedQueryResolver {
                 source,
             })?
             .value;
-        let candidates: Vec<Candidate> = result.nodes.iter().filter_map(candidate).collect();
+        let scope = scope(&self.agent);
+        let candidates: Vec<Candidate> = result
+            .nodes
+            .iter()
+            .filter_map(|e| candidate(e, scope))
+            .collect();
         if candidates.is_empty() {
             return Err(ResolveError::NoInstances {
                 service: self.query.clone(),
@@ -228,7 +259,9 @@ impl Resolver for PreparedQueryResolver {
 /// The address and expected identity of a health entry, as Consul's Go resolver derives them:
 /// the service's address or else the node's; a native service proves its own name, a proxy its
 /// destination's; the datacenter is the node's.
-fn candidate(entry: &ServiceEntry) -> Option<Candidate> {
+/// A dialable instance of a health entry, expected to present its service's identity in the
+/// entry's namespace and partition (Enterprise answers carry them), else `scope`'s.
+fn candidate(entry: &ServiceEntry, scope: (&str, &str)) -> Option<Candidate> {
     let service = &entry.service;
     let name = if service.connect.native {
         service.service.as_str()
@@ -251,7 +284,8 @@ fn candidate(entry: &ServiceEntry) -> Option<Candidate> {
     Some(Candidate {
         addr,
         expected: ExpectedServer::new(name)
-            .with_namespace("default")
+            .with_partition(service.partition.as_deref().unwrap_or(scope.1))
+            .with_namespace(service.namespace.as_deref().unwrap_or(scope.0))
             .with_datacenter(entry.node.datacenter.clone()),
     })
 }

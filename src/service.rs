@@ -96,6 +96,8 @@ pub struct ConnectServiceBuilder {
     agent: Option<AgentSource>,
     token: Option<Token>,
     datacenter: Option<String>,
+    namespace: Option<String>,
+    partition: Option<String>,
     authorizer: AuthorizerChoice,
     watch: WatchConfig,
     leaf_first_read_timeout: Duration,
@@ -149,6 +151,21 @@ impl ConnectServiceBuilder {
         self
     }
 
+    /// The namespace the service lives in (Consul Enterprise; every agent request is scoped
+    /// to it with `?ns=`, and the leaf must name it). Consul OSS knows only `default` and
+    /// refuses others with [`AgentError::EnterpriseOnly`].
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// The admin partition the service lives in (Consul Enterprise 1.11+; `?partition=` on
+    /// every agent request, and the leaf must name it).
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// The datacenter to request the leaf for (default: the agent's).
     pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
         self.datacenter = Some(dc.into());
@@ -193,6 +210,12 @@ impl ConnectServiceBuilder {
         };
         if let Some(token) = self.token {
             agent = agent.with_token(token);
+        }
+        if let Some(ns) = self.namespace {
+            agent = agent.with_namespace(ns);
+        }
+        if let Some(partition) = self.partition {
+            agent = agent.with_partition(partition);
         }
         let authorizer: Arc<dyn Authorizer> = match self.authorizer {
             AuthorizerChoice::Agent => {
@@ -313,6 +336,8 @@ impl ConnectService {
             agent: None,
             token: None,
             datacenter: None,
+            namespace: None,
+            partition: None,
             authorizer: AuthorizerChoice::Agent,
             watch: WatchConfig::default(),
             leaf_first_read_timeout: DEFAULT_LEAF_FIRST_READ_TIMEOUT,
@@ -630,6 +655,17 @@ impl Shared {
             return Err(format!(
                 "leaf certificate is for {id}, not for datacenter {dc:?}"
             ));
+        }
+        let scope = [
+            ("namespace", self.agent.namespace(), id.namespace()),
+            ("partition", self.agent.partition(), id.partition()),
+        ];
+        for (what, want, got) in scope {
+            if let Some(want) = want.filter(|want| *want != got) {
+                return Err(format!(
+                    "leaf certificate is for {id}, not for {what} {want:?}"
+                ));
+            }
         }
         Ok(material)
     }

@@ -625,6 +625,12 @@ pub struct NodeService {
     pub weights: Weights,
     /// Tag override flag.
     pub enable_tag_override: bool,
+    /// Enterprise: the instance's namespace (absent from OSS answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Enterprise (1.11+): the instance's admin partition (absent from OSS answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// Deprecated proxy destination: `""` in 1.4 answers, gone from 1.10's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_destination: Option<String>,
