@@ -726,7 +726,17 @@ async fn authorize(
     }
     let client = match req.client_cert_uri.parse::<SpiffeId>() {
         Ok(SpiffeId::Service(id)) => id,
-        // A CA, agent, server or mesh-gateway identity is never a Connect caller.
+        // 1.4 could not parse agent URIs at all; 1.10 parses and refuses them.
+        Ok(SpiffeId::Agent(_)) => {
+            return Err(ApiError::BadRequestPrefixed(
+                app.store
+                    .settings()
+                    .profile()
+                    .authorize_not_service_uri
+                    .into(),
+            ))
+        }
+        // A CA, server or mesh-gateway identity is never a Connect caller.
         Ok(_) => {
             return Err(ApiError::BadRequestPrefixed(
                 "ClientCertURI not a valid Service identifier".into(),
