@@ -31,6 +31,12 @@ pub enum StartError {
     /// The CA or the data directory could not be set up.
     #[error("cannot open the state store: {0}")]
     Store(#[from] crate::state::OpenError),
+    /// A secondary datacenter could not join its primary.
+    #[error("cannot join the primary datacenter: {0}")]
+    Federation(#[from] crate::federation::FederationError),
+    /// The settings cannot be used together.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Configures and starts an agent.
@@ -53,9 +59,32 @@ pub struct AgentBuilder {
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
     version: crate::profile::ConsulVersion,
+    primary: Option<crate::federation::Remote>,
 }
 
 impl AgentBuilder {
+    /// Run as a secondary datacenter of `primary` (another agent-sim, embedded): same trust
+    /// domain, a CA intermediate signed by the primary's root, intentions replicated from it,
+    /// `?dc=` and intention writes forwarded to it. See [`crate::federation`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), agent_sim::agent::StartError> {
+    /// let dc1 = agent_sim::Agent::builder().start().await?;
+    /// let dc2 = agent_sim::Agent::builder().datacenter("dc2").primary(&dc1).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn primary(self, primary: &Agent) -> Self {
+        let dc = primary.store().settings().datacenter.clone();
+        self.join_wan(dc, &primary.addr().to_string())
+    }
+
+    /// Run as a secondary datacenter of the agent-sim in `primary_datacenter` at `addr` (its
+    /// HTTP address, `host:port`), as [`AgentBuilder::primary`] does for an embedded one.
+    pub fn join_wan(mut self, primary_datacenter: impl Into<String>, addr: &str) -> Self {
+        self.primary = Some(crate::federation::Remote::new(primary_datacenter, addr));
+        self
+    }
+
     /// The Consul version to answer as (default: the newest emulated, 1.10.9), ACL decisions
     /// included.
     pub fn consul_version(mut self, version: crate::profile::ConsulVersion) -> Self {
@@ -142,7 +171,27 @@ impl AgentBuilder {
     }
 
     /// Binds the address and starts serving on the current tokio runtime.
-    pub async fn start(self) -> Result<Agent, StartError> {
+    pub async fn start(mut self) -> Result<Agent, StartError> {
+        let primary = self
+            .primary
+            .take()
+            .filter(|p| p.datacenter != self.datacenter);
+        if primary.is_some() && self.data_dir.is_some() {
+            return Err(StartError::Settings(
+                "a secondary datacenter keeps no state: --data-dir cannot be used with --join-wan"
+                    .into(),
+            ));
+        }
+        let federation = Arc::new(crate::federation::Federation::new(
+            self.datacenter.clone(),
+            primary,
+        ));
+        let primary_roots = crate::federation::primary_roots(&federation).await?;
+        if let Some(roots) = &primary_roots {
+            // The secondary joins the primary's cluster: same trust domain.
+            let cluster_id = roots.trust_domain.trim_end_matches(".consul");
+            self.ca.cluster_id = Some(cluster_id.to_owned());
+        }
         let listener =
             TcpListener::bind(self.http_addr)
                 .await
@@ -167,7 +216,14 @@ impl AgentBuilder {
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let ttl_checks = crate::ttl::start(store.clone());
-        let app = router(AppState::new(store.clone(), cache.clone()));
+        let replication = match primary_roots {
+            Some(roots) => {
+                crate::federation::join(federation.clone(), store.clone(), addr.to_string(), roots)
+                    .await?
+            }
+            None => None,
+        };
+        let app = router(AppState::new(store.clone(), cache.clone()).with_federation(federation));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             crate::http::serve(listener, app, async {
@@ -180,6 +236,7 @@ impl AgentBuilder {
             addr,
             store,
             cache,
+            _replication: replication,
             _evictor: evictor,
             _ttl_checks: ttl_checks,
             stop: Some(stop),
@@ -193,6 +250,7 @@ pub struct Agent {
     addr: SocketAddr,
     store: Arc<Store>,
     cache: Arc<ConnectCache>,
+    _replication: Option<crate::federation::ReplicationHandle>,
     _evictor: EvictorHandle,
     _ttl_checks: crate::ttl::TtlHandle,
     stop: Option<oneshot::Sender<()>>,
@@ -212,6 +270,7 @@ impl Agent {
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
             version: Default::default(),
+            primary: None,
         }
     }
 

@@ -95,6 +95,8 @@ pub struct CaState {
     rotated_out_at: std::collections::BTreeMap<String, OffsetDateTime>,
     /// What the emulated version does differently.
     profile: &'static CaProfile,
+    /// In a secondary datacenter: its intermediate (PEM), signed by the primary's active root.
+    intermediate: Option<String>,
 }
 
 impl CaState {
@@ -170,6 +172,7 @@ impl CaState {
             },
             rotated_out_at: std::collections::BTreeMap::new(),
             profile,
+            intermediate: None,
         })
     }
 
@@ -208,7 +211,46 @@ impl CaState {
             config: saved.config,
             rotated_out_at: saved.rotated_out_at,
             profile,
+            intermediate: None,
         })
+    }
+
+    /// Makes this a secondary datacenter's CA: the primary's `roots`, with this datacenter's
+    /// intermediate (when a new one is given: its PEM, signed by the primary's active root,
+    /// and key) as the active root's last `IntermediateCerts` and its key ID as the
+    /// `SigningKeyID`, as Consul's secondaries answer. Returns whether the roots changed.
+    pub fn set_secondary(
+        &mut self,
+        roots: CaRootList,
+        intermediate: Option<(&str, EcKey)>,
+    ) -> Result<bool, CaError> {
+        if roots.trust_domain != self.trust_domain.as_str() {
+            return Err(CaError::Config(format!(
+                "the primary's trust domain {} is not this datacenter's {}",
+                roots.trust_domain, self.trust_domain
+            )));
+        }
+        if let Some((pem, key)) = intermediate {
+            let provider = BuiltinCa::from_parts(self.trust_domain.clone(), pem, key)?
+                .with_cert_names(self.profile.cert_names);
+            self.intermediate = Some(provider.root().pem.clone());
+            self.provider = Arc::new(provider);
+        }
+        let Some(intermediate) = &self.intermediate else {
+            return Err(CaError::Config("no intermediate signed yet".into()));
+        };
+        let signing_key_id = self.provider.root().signing_key_id.clone();
+        let mut list = roots.roots;
+        for root in list.iter_mut().filter(|r| r.active) {
+            root.signing_key_id = signing_key_id.clone();
+            root.intermediate_certs
+                .get_or_insert_with(Vec::new)
+                .push(intermediate.clone());
+        }
+        let changed = list != self.roots;
+        self.roots = list;
+        self.rotated_out_at.clear();
+        Ok(changed)
     }
 
     /// The cluster ID.
@@ -264,6 +306,17 @@ impl CaState {
             create_index: self.config.create_index,
             modify_index: self.config.modify_index,
         }
+    }
+
+    /// The lifetime of a secondary datacenter's intermediate (`IntermediateCertTTL`, a year
+    /// by default).
+    pub fn intermediate_cert_ttl(&self) -> Duration {
+        self.config
+            .config
+            .get("IntermediateCertTTL")
+            .and_then(Value::as_str)
+            .and_then(|s| consul_connect_types::go::parse_duration(s).ok())
+            .unwrap_or(Duration::from_secs(8760 * 3600))
     }
 
     /// The leaf lifetime in force.
