@@ -419,3 +419,46 @@ async fn web_in_dc2_dials_db_in_dc1_across_a_root_rotation() {
     let fresh = HttpClient::new(&web);
     assert_eq!(get(fresh).await, format!("caller={web_id}"));
 }
+
+/// Consul 1.16+ answers 403 on `/v1/health/connect/<svc>` to a token without `service:read`
+/// (1.10, which agent-sim emulates, filters to an empty list: a wiremock stands in).
+#[tokio::test]
+async fn a_403_on_discovery_names_the_missing_service_read() {
+    use consul_connect::resolve::{ResolveError, Resolver};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let message = r#"Permission denied: token with AccessorID 'c4e8a2f0-5a1b-4c1d-9e6f-0a1b2c3d4e5f' lacks permission 'service:read' on "db""#;
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/health/connect/db"))
+        .respond_with(ResponseTemplate::new(403).set_body_string(message))
+        .mount(&mock)
+        .await;
+    let client = AgentClient::new(&mock.address().to_string()).unwrap();
+    let err = CatalogResolver::new(client, "db")
+        .datacenter("dc1")
+        .resolve()
+        .await
+        .unwrap_err();
+    match &err {
+        ResolveError::PermissionDenied {
+            service,
+            datacenter,
+            permission,
+            message: got,
+            ..
+        } => {
+            assert_eq!(service, "db");
+            assert_eq!(datacenter.as_deref(), Some("dc1"));
+            assert_eq!(permission, "service:read");
+            assert_eq!(got, message);
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with(r#"cannot discover "db" in dc1: the token lacks service:read on "db""#),
+        "{err}"
+    );
+}
