@@ -150,6 +150,20 @@ async fn the_secondary_ca_is_an_intermediate_of_the_primary_root() {
         (500, "No path to datacenter")
     );
 
+    // dc2's CA follows dc1's root: it cannot rotate on its own.
+    let refused = raw2
+        .put(
+            "/v1/connect/ca/configuration",
+            r#"{"Provider":"consul","Config":{"ForceRotate":true}}"#,
+        )
+        .await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert!(
+        refused.body.contains("secondary datacenter"),
+        "{}",
+        refused.body
+    );
+
     // A rotation in dc1 reaches dc2: a new intermediate under the new root, and new leaves.
     let roots_index = raw2.get("/v1/connect/ca/roots").await.index();
     let leaf_index = leaf["ModifyIndex"].as_u64().unwrap();

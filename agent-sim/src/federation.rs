@@ -178,7 +178,7 @@ impl Federation {
             .client
             .request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_sources(&e))?;
         let (parts, body) = answer.into_parts();
         let body = axum::body::to_bytes(Body::new(body), MAX_ANSWER_BYTES)
             .await
@@ -203,6 +203,17 @@ impl Federation {
             .map_err(|reason| primary_error(primary, reason))?;
         decode(primary, answer)
     }
+}
+
+/// An error and its causes (hyper-util's own text is only `client error (Connect)`).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 fn primary_error(primary: &Remote, reason: String) -> FederationError {

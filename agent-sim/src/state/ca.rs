@@ -368,13 +368,21 @@ impl CaState {
                 (!same || !root_pem.is_empty()).then_some(key)
             }
         };
-        let rotated = match new_key {
-            Some(key) => {
-                self.rotate(key, root_pem, now, next_index)?;
-                true
-            }
-            None => false,
-        };
+        let rotated =
+            match new_key {
+                // The secondary's intermediate follows the primary's root (agent-sim does not
+                // emulate a secondary's own provider changes).
+                Some(_) if self.intermediate.is_some() => return Err(CaConfigError::Configure(
+                    "this is a secondary datacenter: its CA follows the primary's root, rotate \
+                     the primary's"
+                        .into(),
+                )),
+                Some(key) => {
+                    self.rotate(key, root_pem, now, next_index)?;
+                    true
+                }
+                None => false,
+            };
         let index = next_index();
         self.config.provider = new.provider;
         self.config.config = new.config;
