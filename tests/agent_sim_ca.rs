@@ -66,7 +66,15 @@ async fn leaf_verifies_with_openssl_and_has_consuls_profile() {
         )),
         "{text}"
     );
-    assert!(text.contains("Subject: CN = web"), "{text}");
+    // 1.10's leaf name (web.txt): <service>.svc.<namespace>.<first 8 of the trust domain>.consul.
+    assert!(
+        text.contains("Subject: CN = web.svc.default.11111111.consul\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Issuer: CN = pri-") && text.contains(".consul.ca.11111111.consul\n"),
+        "{text}"
+    );
     assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
     assert!(
         text.contains("Digital Signature, Key Encipherment, Data Encipherment, Key Agreement"),
