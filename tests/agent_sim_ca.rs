@@ -312,9 +312,14 @@ async fn leaf_blocking_query_wakes_with_the_reissued_leaf() {
 
 #[tokio::test]
 async fn bad_ca_configurations_are_refused_as_consul_does() {
-    // The TTL texts changed in 1.10 (sample 38g).
+    // The TTL texts (sample 38g) and the decode error's prefix (38i) changed in 1.10.
     let agent = start_agent_1_4_5().await;
     let raw = Raw::new(&agent);
+    let answer = raw.put("/v1/connect/ca/configuration", "{").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (400, "Request decode failed: unexpected EOF")
+    );
     for (ttl, message) in [
         ("30m", "leaf cert TTL must be greater than 1h"),
         ("9000h", "leaf cert TTL must be less than 1 year"),
@@ -333,8 +338,12 @@ async fn bad_ca_configurations_are_refused_as_consul_does() {
     let agent = start_agent().await;
     let raw = Raw::new(&agent);
     let cases = [
-        ("{", 400, "Request decode failed: unexpected EOF"),
-        ("", 400, "Request decode failed: EOF"),
+        (
+            "{",
+            400,
+            "Bad request: Request decode failed: unexpected EOF",
+        ),
+        ("", 400, "Bad request: Request decode failed: EOF"),
         (
             r#"{"Provider":"vault","Config":{}}"#,
             500,

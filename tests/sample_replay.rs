@@ -41,7 +41,6 @@ const GAPS_1_10_9: &[(&str, &str)] = &[
     ("18_", "catalog answers keep 1.4.5's shape"),
     ("18b", "catalog answers keep 1.4.5's shape"),
     ("38d", "intention update decode error lacks 1.10's 'Bad request: ' prefix"),
-    ("38i", "CA config decode error lacks 1.10's 'Bad request: ' prefix"),
     ("51_", "agent/self carries a subset of Consul's DebugConfig, Stats and Member"),
     ("56_", "answer differs from the capture; not yet investigated"),
     ("m39b", "the Sources[N] index of exact PUT errors differs; not yet investigated"),

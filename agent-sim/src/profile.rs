@@ -179,6 +179,9 @@ pub struct CaProfile {
     pub leaf_ttl_too_long: &'static str,
     /// `GET /v1/connect/ca/roots?pem=true` answers a PEM chain (1.10); 1.4 ignores `pem`.
     pub pem_roots: bool,
+    /// A configuration PUT that does not decode answers `Bad request: Request decode
+    /// failed: …` (1.10, sample 38i); 1.4 left out the prefix.
+    pub config_decode_error_prefixed: bool,
 }
 
 /// Consul 1.4.5, as `tests/data/consul-1.4.5` captured it.
@@ -203,6 +206,7 @@ pub static CONSUL_1_4_5: Profile = Profile {
         leaf_ttl_too_short: "leaf cert TTL must be greater than 1h",
         leaf_ttl_too_long: "leaf cert TTL must be less than 1 year",
         pem_roots: false,
+        config_decode_error_prefixed: false,
     },
     intention_lookup: "failed intention lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Connect identifier",
@@ -232,6 +236,7 @@ pub static CONSUL_1_10_9: Profile = Profile {
         leaf_ttl_too_short: "leaf cert TTL must be greater or equal than 1h0m0s",
         leaf_ttl_too_long: "leaf cert TTL must be less than 8760h0m0s",
         pem_roots: true,
+        config_decode_error_prefixed: true,
     },
     intention_lookup: "failed config entry lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Service identifier",

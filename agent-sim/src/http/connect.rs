@@ -176,8 +176,19 @@ async fn set_ca_config(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
-    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let prefixed = app
+        .store
+        .settings()
+        .profile()
+        .ca
+        .config_decode_error_prefixed;
+    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"]).map_err(|e| {
+        let message = format!("Request decode failed: {e}");
+        match prefixed {
+            true => ApiError::BadRequestPrefixed(message),
+            false => ApiError::BadRequest(message),
+        }
+    })?;
     // Consul reads provider settings case-insensitively and in snake case (`private_key`):
     // store them under their canonical names so they are used, and hidden, whatever the
     // spelling.
