@@ -476,3 +476,51 @@ async fn a_403_on_discovery_names_the_missing_service_read() {
         "{err}"
     );
 }
+
+/// With ACLs on, an intermediate (which can sign leaves for any service) is signed only for
+/// `operator:write`; a secondary sends its management token, as a replication token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intermediates_need_operator_write() {
+    use agent_sim::acl_rules::DefaultPolicy;
+    let secured = |dc: &str| {
+        Agent::builder()
+            .datacenter(dc)
+            .acl(DefaultPolicy::Deny)
+            .acl_initial_management_token("root")
+    };
+    let dc1 = secured("dc1").start().await.unwrap();
+    let raw1 = Raw::new(&dc1);
+    // Refused before the key is even read.
+    let body = serde_json::json!({
+        "PublicKey": "AAAA",
+        "CommonName": "sec-x.consul.ca.11111111.consul",
+        "Datacenter": "dc9",
+        "Address": "127.0.0.1:1",
+    })
+    .to_string();
+    let anonymous = raw1
+        .post("/v1/internal/agent-sim/connect/ca/intermediate", &body)
+        .await;
+    assert_eq!(
+        (anonymous.status, anonymous.body.as_str()),
+        (403, "Permission denied")
+    );
+    assert_eq!(
+        raw1.get("/v1/catalog/datacenters?token=root").await.json(),
+        serde_json::json!(["dc1"]),
+        "a refused caller is not listed"
+    );
+
+    let dc2 = secured("dc2").primary(&dc1).start().await.unwrap();
+    let roots = Raw::new(&dc2)
+        .get("/v1/connect/ca/roots?token=root")
+        .await
+        .json();
+    assert_eq!(
+        active_root(&roots)["IntermediateCerts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -182,9 +182,12 @@ impl AgentBuilder {
                     .into(),
             ));
         }
+        // As in a dev setup with one management token for both datacenters, it is also the
+        // replication token.
         let federation = Arc::new(crate::federation::Federation::new(
             self.datacenter.clone(),
             primary,
+            self.acl.initial_management_token.clone(),
         ));
         let primary_roots = crate::federation::primary_roots(&federation).await?;
         if let Some(roots) = &primary_roots {

@@ -12,7 +12,7 @@
 //!
 //! The primary signs intermediates at `POST /v1/internal/agent-sim/connect/ca/intermediate`,
 //! agent-sim's stand-in for Consul's `ConnectCA.SignIntermediate` RPC (the secondary sends its
-//! public key, not a CSR). That call also tells the primary the secondary's datacenter and
+//! public key, not a CSR; `operator:write` is required, as for the RPC). That call also tells the primary the secondary's datacenter and
 //! address, so each lists the other in `/v1/catalog/datacenters` and forwards `?dc=` to it.
 
 use std::collections::BTreeMap;
@@ -45,6 +45,9 @@ pub struct Federation {
     /// Other datacenters by name: their HTTP address (`host:port`).
     remotes: RwLock<BTreeMap<String, String>>,
     client: Client<HttpConnector, Body>,
+    /// The token a secondary sends the primary (signing needs `operator:write`, replication
+    /// reads `intentions:read`): Consul's replication token.
+    token: Option<String>,
 }
 
 /// Another datacenter's agent.
@@ -112,8 +115,9 @@ pub struct IntermediateResponse {
 }
 
 impl Federation {
-    /// An agent in `datacenter`, joined to `primary` when it is a secondary.
-    pub fn new(datacenter: String, primary: Option<Remote>) -> Federation {
+    /// An agent in `datacenter`, joined to `primary` when it is a secondary, sending `token`
+    /// to it (with ACLs on in the primary).
+    pub fn new(datacenter: String, primary: Option<Remote>, token: Option<String>) -> Federation {
         let remotes = primary
             .iter()
             .map(|p| (p.datacenter.clone(), p.addr.clone()))
@@ -123,7 +127,21 @@ impl Federation {
             primary,
             remotes: RwLock::new(remotes),
             client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            token,
         }
+    }
+
+    /// Headers of the secondary's own requests to the primary.
+    fn own_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = self
+            .token
+            .as_deref()
+            .and_then(|t| axum::http::HeaderValue::from_str(t).ok())
+        {
+            headers.insert("X-Consul-Token", value);
+        }
+        headers
     }
 
     /// The primary, in a secondary.
@@ -196,7 +214,7 @@ impl Federation {
                 &primary.addr,
                 Method::GET,
                 path_and_query,
-                &HeaderMap::new(),
+                &self.own_headers(),
                 Bytes::new(),
             )
             .await
@@ -285,7 +303,7 @@ async fn install_intermediate(
             &primary.addr,
             Method::POST,
             crate::http::INTERMEDIATE_PATH,
-            &HeaderMap::new(),
+            &federation.own_headers(),
             body.into(),
         )
         .await

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
 
-use super::{allow, plain, ApiError, AppState, Json, Query, MAX_BODY_BYTES};
+use super::{allow, plain, ApiError, AppState, Json, Query, RequestToken, MAX_BODY_BYTES};
 use crate::federation::{IntermediateRequest, IntermediateResponse};
 
 /// Where the primary signs a secondary's intermediate (agent-sim's stand-in for Consul's
@@ -28,7 +28,13 @@ async fn datacenters(State(app): State<AppState>, query: Query) -> Response {
     Json::new(&app.federation.datacenters(), &query).into_response()
 }
 
-async fn sign_intermediate(State(app): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn sign_intermediate(
+    State(app): State<AppState>,
+    token: RequestToken,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Whoever holds an intermediate can sign leaves for any service.
+    super::require(app.acl(&token)?.operator_write())?;
     let req: IntermediateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequestPrefixed(format!("Request decode failed: {e}")))?;
     if app.federation.primary().is_some() {

@@ -66,6 +66,7 @@ impl AppState {
         let federation = Arc::new(crate::federation::Federation::new(
             store.settings().datacenter.clone(),
             None,
+            None,
         ));
         Self {
             store,
