@@ -695,6 +695,9 @@ fn needed_permission(path: &str) -> &'static str {
         "operator:read (or write)"
     } else if path.starts_with("/v1/agent/service/") {
         "service:write on the service"
+    } else if path.starts_with("/v1/health/") {
+        // 1.16+ answers 403 here (before, an empty list).
+        "service:read on the service"
     } else {
         "service:read or node:read"
     }

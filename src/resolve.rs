@@ -39,6 +39,45 @@ pub enum ResolveError {
         /// The service asked for.
         service: String,
     },
+    /// The token may not discover the service: Consul 1.16+ answers 403 where older versions
+    /// answered an empty list.
+    #[error(
+        "cannot discover {service:?}{}: the token lacks {permission} on {service:?} ({message})",
+        datacenter.as_deref().map(|dc| format!(" in {dc}")).unwrap_or_default()
+    )]
+    PermissionDenied {
+        /// The service asked for.
+        service: String,
+        /// The datacenter asked for, if not the agent's.
+        datacenter: Option<String>,
+        /// The missing ACL permission, as Consul names it (`service:read`).
+        permission: String,
+        /// Consul's message.
+        message: String,
+    },
+}
+
+impl ResolveError {
+    /// A discovery failure of `service`: a 403 names the permission the token lacks.
+    fn from_agent(service: &str, datacenter: Option<&str>, source: AgentError) -> Self {
+        match source {
+            AgentError::PermissionDenied { message, .. } => ResolveError::PermissionDenied {
+                service: service.to_owned(),
+                datacenter: datacenter.map(str::to_owned),
+                // Consul 1.15+: `… lacks permission 'service:read' on "db"`.
+                permission: message
+                    .split_once("lacks permission '")
+                    .and_then(|(_, rest)| rest.split_once('\''))
+                    .map_or("service:read", |(permission, _)| permission)
+                    .to_owned(),
+                message,
+            },
+            source => ResolveError::Agent {
+                service: service.to_owned(),
+                source,
+            },
+        }
+    }
 }
 
 /// Turns a target into candidates, best first.
@@ -169,9 +208,8 @@ impl Resolver for CatalogResolver {
             .agent
             .health_connect(&self.service, self.tag.as_deref(), &opts)
             .await
-            .map_err(|source| ResolveError::Agent {
-                service: self.service.clone(),
-                source,
+            .map_err(|source| {
+                ResolveError::from_agent(&self.service, self.datacenter.as_deref(), source)
             })?
             .value;
         let scope = scope(&self.agent);

@@ -16,6 +16,7 @@
 use std::fmt;
 
 use crate::acl_versions::AclRules;
+use crate::ca::CertNames;
 use std::str::FromStr;
 
 use consul_connect_types::intentions::Wording;
@@ -140,8 +141,8 @@ pub struct Profile {
     pub match_query_meta: bool,
     /// Leaf reads without `?index` revalidate: `X-Cache: MISS` every time (1.10).
     pub leaf_reads_revalidate: bool,
-    /// `Name` of a root made by the built-in CA.
-    pub ca_root_name: &'static str,
+    /// The built-in CA: names, fields, defaults, texts.
+    pub ca: CaProfile,
     /// The lookup named in the 400 for an intention ID that is not a UUID.
     pub intention_lookup: &'static str,
     /// 400 for an authorize `ClientCertURI` that is a SPIFFE ID but not a service's (1.4
@@ -153,6 +154,34 @@ pub struct Profile {
     pub delete_missing_intention: &'static str,
     /// The ACL decisions that changed between versions.
     pub acl: AclRules,
+}
+
+/// What the built-in CA does differently between versions.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CaProfile {
+    /// `Name` of a root made by the built-in CA.
+    pub root_name: &'static str,
+    /// Common names of roots, intermediates and leaves.
+    pub cert_names: CertNames,
+    /// Roots carry `PrivateKeyType` and `PrivateKeyBits` (1.10).
+    pub root_key_fields: bool,
+    /// The CA configuration carries `State` and `ForceWithoutCrossSigning` (1.10).
+    pub config_state_fields: bool,
+    /// The provider settings of a fresh agent.
+    pub default_config: &'static [(&'static str, &'static str)],
+    /// `GET /v1/connect/ca/configuration` shows a configured `PrivateKey` as is (1.10), not
+    /// as `hidden` (1.4).
+    pub private_key_shown: bool,
+    /// 500 text for a `LeafCertTTL` under 1 h.
+    pub leaf_ttl_too_short: &'static str,
+    /// 500 text for a `LeafCertTTL` over a year.
+    pub leaf_ttl_too_long: &'static str,
+    /// `GET /v1/connect/ca/roots?pem=true` answers a PEM chain (1.10); 1.4 ignores `pem`.
+    pub pem_roots: bool,
+    /// A configuration PUT that does not decode answers `Bad request: Request decode
+    /// failed: …` (1.10, sample 38i); 1.4 left out the prefix.
+    pub config_decode_error_prefixed: bool,
 }
 
 /// Consul 1.4.5, as `tests/data/consul-1.4.5` captured it.
@@ -167,7 +196,18 @@ pub static CONSUL_1_4_5: Profile = Profile {
     query_backend_header: false,
     match_query_meta: false,
     leaf_reads_revalidate: false,
-    ca_root_name: "Consul CA Root Cert",
+    ca: CaProfile {
+        root_name: "Consul CA Root Cert",
+        cert_names: CertNames::Consul1_4,
+        root_key_fields: false,
+        config_state_fields: false,
+        default_config: &[("LeafCertTTL", "72h"), ("RotationPeriod", "2160h")],
+        private_key_shown: false,
+        leaf_ttl_too_short: "leaf cert TTL must be greater than 1h",
+        leaf_ttl_too_long: "leaf cert TTL must be less than 1 year",
+        pem_roots: false,
+        config_decode_error_prefixed: false,
+    },
     intention_lookup: "failed intention lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Connect identifier",
     leaf_without_name: "SPIFFE ID is not in the expected format",
@@ -186,7 +226,18 @@ pub static CONSUL_1_10_9: Profile = Profile {
     query_backend_header: true,
     match_query_meta: true,
     leaf_reads_revalidate: true,
-    ca_root_name: "Consul CA Primary Cert",
+    ca: CaProfile {
+        root_name: "Consul CA Primary Cert",
+        cert_names: CertNames::Consul1_10,
+        root_key_fields: true,
+        config_state_fields: true,
+        default_config: &[("IntermediateCertTTL", "8760h"), ("LeafCertTTL", "72h")],
+        private_key_shown: true,
+        leaf_ttl_too_short: "leaf cert TTL must be greater or equal than 1h0m0s",
+        leaf_ttl_too_long: "leaf cert TTL must be less than 8760h0m0s",
+        pem_roots: true,
+        config_decode_error_prefixed: true,
+    },
     intention_lookup: "failed config entry lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Service identifier",
     leaf_without_name: "URI must be either service or agent",

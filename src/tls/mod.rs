@@ -157,6 +157,8 @@ mod tests {
             root_cert: pem.to_owned(),
             intermediate_certs: None,
             active: true,
+            private_key_type: None,
+            private_key_bits: None,
             create_index: 1,
             modify_index: 1,
         }

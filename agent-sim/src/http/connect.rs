@@ -67,8 +67,39 @@ async fn agent_roots(
 }
 
 async fn roots(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+    let pem = match query.get("pem") {
+        Some(v) if app.store.settings().profile().ca.pem_roots => {
+            parse_go_bool(v).ok_or_else(|| {
+                ApiError::BadRequestPrefixed(
+                    "The 'pem' query parameter must be a boolean value".into(),
+                )
+            })?
+        }
+        _ => false,
+    };
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
+    if pem {
+        // Every root, each followed by its intermediates, as one PEM chain (no query meta).
+        let chain: String = app.store.read(|inner| {
+            let list = inner.ca.root_list();
+            list.roots
+                .iter()
+                .flat_map(|r| {
+                    std::iter::once(&r.root_cert).chain(r.intermediate_certs.iter().flatten())
+                })
+                .map(|p| format!("{}\n", p.trim_end()))
+                .collect()
+        });
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/pem-certificate-chain",
+            )],
+            chain,
+        )
+            .into_response());
+    }
     let (index, roots) = app
         .store
         .block(Table::Roots, blocking, |inner| {
@@ -76,6 +107,15 @@ async fn roots(State(app): State<AppState>, query: Query) -> Result<Response, Ap
         })
         .await;
     Ok(Json::new(&roots, &query).meta(index).into_response())
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// Reads a cache entry, waiting as a blocking query asks.
@@ -136,8 +176,19 @@ async fn set_ca_config(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
-    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let prefixed = app
+        .store
+        .settings()
+        .profile()
+        .ca
+        .config_decode_error_prefixed;
+    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"]).map_err(|e| {
+        let message = format!("Request decode failed: {e}");
+        match prefixed {
+            true => ApiError::BadRequestPrefixed(message),
+            false => ApiError::BadRequest(message),
+        }
+    })?;
     // Consul reads provider settings case-insensitively and in snake case (`private_key`):
     // store them under their canonical names so they are used, and hidden, whatever the
     // spelling.

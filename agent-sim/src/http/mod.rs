@@ -4,11 +4,13 @@ mod acl;
 mod catalog;
 mod config;
 mod connect;
+mod federation;
 mod intentions;
 mod limits;
 mod queries;
 pub(crate) mod server;
 
+pub use federation::INTERMEDIATE_PATH;
 pub(crate) use server::{serve, Listener};
 
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub struct AppState {
     allow_all: Arc<Authorizer>,
     /// The ACL decisions of the emulated Consul version (from its profile).
     pub acl_rules: AclRules,
+    /// The other datacenters.
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 #[derive(Debug, Default)]
@@ -59,13 +63,25 @@ impl AppState {
     /// State for the router.
     pub fn new(store: Arc<Store>, cache: Arc<ConnectCache>) -> Self {
         let acl_rules = store.settings().profile().acl;
+        let federation = Arc::new(crate::federation::Federation::new(
+            store.settings().datacenter.clone(),
+            None,
+            None,
+        ));
         Self {
             store,
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
             acl_rules,
+            federation,
         }
+    }
+
+    /// The same state, federated with other datacenters as `federation` says.
+    pub fn with_federation(mut self, federation: Arc<crate::federation::Federation>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// What `token` may do, resolved from state already under the store's lock (for reads
@@ -246,7 +262,12 @@ pub fn router(state: AppState) -> Router {
         .merge(connect::routes())
         .merge(intentions::routes())
         .merge(queries::routes())
+        .merge(federation::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            federation::forward,
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_blocking))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
