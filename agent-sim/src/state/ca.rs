@@ -14,7 +14,6 @@ use crate::ca::{BuiltinCa, CaError, CaProvider, EcKey, RootCert};
 
 /// Default leaf lifetime (Consul's `LeafCertTTL`).
 pub const DEFAULT_LEAF_CERT_TTL: Duration = Duration::from_secs(72 * 3600);
-const ROOT_NAME: &str = "Consul CA Root Cert";
 const PROVIDER: &str = "consul";
 /// agent-sim extension: a `Config` key that asks for a new generated root (Consul has no
 /// force-rotate API, hashicorp/consul#9654). It is acted on, never stored.
@@ -69,6 +68,8 @@ pub struct CaState {
     config: CaConfiguration,
     /// When each inactive root was rotated out (Consul's `RotatedOutAt`, never serialised).
     rotated_out_at: std::collections::BTreeMap<String, OffsetDateTime>,
+    /// `Name` of the roots this CA makes (the emulated version's `Profile::ca_root_name`).
+    root_name: &'static str,
 }
 
 impl CaState {
@@ -92,6 +93,7 @@ impl CaState {
 
     pub(super) fn bootstrap(
         settings: &CaSettings,
+        root_name: &'static str,
         now: OffsetDateTime,
         next_index: &mut dyn FnMut() -> u64,
     ) -> Result<Self, CaError> {
@@ -122,7 +124,7 @@ impl CaState {
         }
         let root_index = next_index();
         let provider = BuiltinCa::new(trust_domain.clone(), key, root_index, now)?;
-        let root = ca_root(provider.root(), &cluster_id, None, root_index);
+        let root = ca_root(provider.root(), root_name, &cluster_id, None, root_index);
         Ok(Self {
             trust_domain,
             cluster_id,
@@ -135,6 +137,7 @@ impl CaState {
                 modify_index: config_index,
             },
             rotated_out_at: std::collections::BTreeMap::new(),
+            root_name,
         })
     }
 
@@ -150,7 +153,11 @@ impl CaState {
 
     /// The CA as saved: same trust domain, roots and signing key, so leaves issued before a
     /// restart stay valid.
-    pub fn restore(cluster_id: &str, saved: super::persist::CaSnapshot) -> Result<Self, CaError> {
+    pub fn restore(
+        cluster_id: &str,
+        saved: super::persist::CaSnapshot,
+        root_name: &'static str,
+    ) -> Result<Self, CaError> {
         let trust_domain = TrustDomain::new(&format!("{cluster_id}.consul"))
             .map_err(|e| CaError::Config(format!("invalid cluster ID {cluster_id:?}: {e}")))?;
         let active = saved
@@ -167,6 +174,7 @@ impl CaState {
             roots: saved.roots,
             config: saved.config,
             rotated_out_at: saved.rotated_out_at,
+            root_name,
         })
     }
 
@@ -308,6 +316,7 @@ impl CaState {
         }
         let root = ca_root(
             new_provider.root(),
+            self.root_name,
             &self.cluster_id,
             Some(vec![cross]),
             index,
@@ -349,13 +358,14 @@ fn validate_config(config: &BTreeMap<String, Value>) -> Result<(), CaConfigError
 
 fn ca_root(
     root: &RootCert,
+    name: &str,
     cluster_id: &str,
     intermediates: Option<Vec<String>>,
     index: u64,
 ) -> CaRoot {
     CaRoot {
         id: root.id.clone(),
-        name: ROOT_NAME.into(),
+        name: name.into(),
         serial_number: root.serial,
         signing_key_id: root.signing_key_id.clone(),
         external_trust_domain: cluster_id.to_owned(),
