@@ -128,7 +128,12 @@ impl Inner {
             index
         };
         let catalog = Catalog::new(settings, next());
-        let ca = CaState::bootstrap(&settings.ca, settings.profile().ca_root_name, now, &mut next)?;
+        let ca = CaState::bootstrap(
+            &settings.ca,
+            settings.profile().ca_root_name,
+            now,
+            &mut next,
+        )?;
         let acl = acl::AclState::new(&settings.acl, next(), now);
         let mut inner = Inner {
             index: 0,
