@@ -13,7 +13,7 @@ use consul_connect_types::spiffe::ServiceId;
 use tokio::time::Instant;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
-use crate::cache::wait_for;
+use crate::cache::{wait_for, LeafFill};
 use crate::state::Table;
 
 /// The CA settings Consul 1.4 knows (and agent-sim's `ForceRotate`).
@@ -110,10 +110,15 @@ async fn leaf(
     )
     .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
     super::require(app.acl(&token)?.service_write(&service))?;
-    let lookup = app.cache.leaf(&app.partition(&token), &id);
+    let part = app.partition(&token);
+    let lookup = app.cache.leaf(&part, &id);
     // 1.10 revalidates a leaf read without an index, so it is never a cache hit.
     let revalidated = blocking.is_none() && app.store.settings().profile().leaf_reads_revalidate;
-    let (_, leaf) = read_entry(lookup.value, blocking).await?;
+    let (_, fill) = read_entry(lookup.value, blocking).await?;
+    let LeafFill::Issued(leaf) = &*fill else {
+        app.cache.forget_refused_leaf(&part, id.service());
+        return Err(ApiError::RateLimited);
+    };
     Ok(Json::new(&leaf.cert, &query)
         .index(leaf.cert.modify_index)
         .cache(lookup.hit && !revalidated)
