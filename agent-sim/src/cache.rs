@@ -291,6 +291,8 @@ pub enum CachedBody {
     Health(Vec<consul_connect_types::api::ServiceEntry>),
     /// `/v1/query/:id/execute`.
     Query(consul_connect_types::api::PreparedQueryResult),
+    /// A catalog or health listing in the emulated version's shape.
+    View(serde_json::Value),
 }
 
 /// A cached body and when it was fetched (for `Age` and `Cache-Control: max-age`).

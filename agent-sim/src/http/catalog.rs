@@ -67,6 +67,9 @@ pub(super) fn routes() -> Router<AppState> {
             allow(put(deregister), "PUT"),
         )
         .route("/v1/agent/services", allow(get(agent_services), "GET"))
+        .route("/v1/agent/service/{id}", allow(get(agent_service), "GET"))
+        .route("/v1/status/leader", allow(get(status_leader), "GET"))
+        .route("/v1/status/peers", allow(get(status_peers), "GET"))
         .route("/v1/agent/self", allow(get(agent_self), "GET"))
         .route("/v1/agent/check/pass/{id}", allow(put(check_pass), "PUT"))
         .route("/v1/agent/check/warn/{id}", allow(put(check_warn), "PUT"))
@@ -203,7 +206,66 @@ async fn agent_services(
     let acl = app.acl(&token)?;
     let mut services = app.store.read(|inner| inner.catalog.agent_services());
     services.retain(|_, s| acl.service_read(&s.service));
-    Ok(Json::new(&services, &query).into_response())
+    let settings = app.store.settings();
+    let body =
+        settings
+            .profile()
+            .service_shape
+            .agent_services(&services, &settings.datacenter, false);
+    Ok(Json::new(&body, &query).into_response())
+}
+
+/// `GET /v1/agent/service/<id>`: one local service, with its `ContentHash` (also sent as
+/// `X-Consul-ContentHash`).
+async fn agent_service(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
+    let service = app
+        .store
+        .read(|inner| inner.catalog.agent_services().remove(&id))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    require(acl.service_read(&service.service))?;
+    let settings = app.store.settings();
+    let mut body =
+        settings
+            .profile()
+            .service_shape
+            .agent_services(&service, &settings.datacenter, true);
+    let hash = content_hash(&body);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("ContentHash".into(), json!(hash));
+    }
+    Ok(Json::new(&body, &query)
+        .header("X-Consul-ContentHash", &hash)
+        .into_response())
+}
+
+/// A stable 64-bit hash of a service's JSON, as hex (Consul hashes the struct; the value only
+/// has to change when the service does).
+fn content_hash(body: &serde_json::Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.to_string().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The Raft address of this single-server agent.
+fn server_address(app: &AppState) -> String {
+    format!("{}:8300", app.store.settings().node_address)
+}
+
+/// `GET /v1/status/leader`: this agent is its own leader.
+async fn status_leader(State(app): State<AppState>, query: Query) -> Response {
+    Json::new(&server_address(&app), &query).into_response()
+}
+
+/// `GET /v1/status/peers`: the Raft peers, this agent alone.
+async fn status_peers(State(app): State<AppState>, query: Query) -> Response {
+    Json::new(&[server_address(&app)], &query).into_response()
 }
 
 async fn agent_self(
@@ -355,7 +417,13 @@ async fn catalog_services(
             (inner.table_index(Table::Services), services)
         })
         .await;
-    Ok(Json::new(&services, &query).meta(index).into_response())
+    Ok(Json::new(&services, &query)
+        .meta(index)
+        .header(
+            "X-Consul-Effective-Consistency",
+            super::effective_consistency(&query),
+        )
+        .into_response())
 }
 
 /// Which listing a discovery request asks for.
@@ -424,15 +492,15 @@ async fn discovery(
     // Resolved now so an unknown token is refused at once; a `?cached` entry resolves the
     // token again on each refresh (below), as Consul's agent cache does.
     let request_acl = app.acl(&token)?;
-    let consistency = if query.has("stale") {
-        "stale"
-    } else {
-        "leader"
-    };
+    let consistency = super::effective_consistency(&query);
+    let streaming = matches!(listing, Listing::Health)
+        && app.store.settings().profile().health_streaming
+        && (query.has("cached") || blocking.is_some());
     let clock = app.store.clock().clone();
     let key = format!("{listing:?}/{connect}/{name}/{filter:?}");
     let cached = query.has("cached");
     let resolver = (app.clone(), token.clone());
+    let shape = app.store.settings().profile().service_shape;
     let read = move |inner: &crate::state::Inner| {
         let now = clock.now();
         let acl = if cached {
@@ -447,14 +515,14 @@ async fn discovery(
             Listing::Catalog => {
                 let mut items = inner.catalog.catalog_services(&name, &filter, now);
                 items.retain(|i| acl.service_read(&i.service_name) && acl.node_read(&i.node));
-                CachedBody::Catalog(items)
+                CachedBody::View(shape.catalog(&items))
             }
             Listing::Health => {
                 let mut items = inner.catalog.health_services(&name, &filter, now);
                 items.retain(|i| {
                     acl.service_read(&i.service.service) && acl.node_read(&i.node.node)
                 });
-                CachedBody::Health(items)
+                CachedBody::View(shape.health(&items, inner))
             }
         }
     };
@@ -475,7 +543,12 @@ async fn discovery(
             .await;
         Json::new(&body, &query).meta(index)
     };
-    Ok(resp
-        .header("X-Consul-Effective-Consistency", consistency)
-        .into_response())
+    let resp = resp.header("X-Consul-Effective-Consistency", consistency);
+    let resp = if streaming {
+        resp.header("X-Consul-Query-Backend", "streaming")
+            .header("X-Consul-KnownLeader", "false")
+    } else {
+        resp
+    };
+    Ok(resp.into_response())
 }

@@ -142,7 +142,7 @@ async fn set_ca_config(
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
     let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+        .map_err(|e| ApiError::decode_failed(app.store.settings().profile(), e))?;
     // Consul reads provider settings case-insensitively and in snake case (`private_key`):
     // store them under their canonical names so they are used, and hidden, whatever the
     // spelling.
