@@ -175,6 +175,9 @@ pub struct Profile {
     /// Health reads with `?cached` or `?index` use the streaming backend:
     /// `X-Consul-Query-Backend: streaming` and `X-Consul-KnownLeader: false` (1.10 dev agent).
     pub health_streaming: bool,
+    /// A refused agent write (register, deregister, check update) names what is missing:
+    /// `Permission denied: Missing service:write on web` (1.10); 1.4 said `Permission denied`.
+    pub denials_name_permission: bool,
     /// The ACL decisions that changed between versions.
     pub acl: AclRules,
 }
@@ -200,6 +203,7 @@ pub static CONSUL_1_4_5: Profile = Profile {
     refuses_namespaces: false,
     decode_errors_prefixed: false,
     health_streaming: false,
+    denials_name_permission: false,
 };
 
 /// Consul 1.10.9, as `tests/data/consul-1.10.9` captured it.
@@ -223,6 +227,7 @@ pub static CONSUL_1_10_9: Profile = Profile {
     refuses_namespaces: true,
     decode_errors_prefixed: true,
     health_streaming: true,
+    denials_name_permission: true,
 };
 
 #[cfg(test)]

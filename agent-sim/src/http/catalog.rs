@@ -114,9 +114,10 @@ async fn register(
     let reg: ServiceRegistration = decode_body(&body, REGISTER_FIELDS)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
     let acl = app.acl(&token)?;
-    require(acl.service_write(&reg.name))?;
+    let profile = app.store.settings().profile();
+    super::require_service_write(&acl, profile, &reg.name)?;
     if let Some(proxy) = reg.proxy.as_ref().filter(|_| reg.kind == "connect-proxy") {
-        require(acl.service_write(&proxy.destination_service_name))?;
+        super::require_service_write(&acl, profile, &proxy.destination_service_name)?;
     }
     let id = if reg.id.is_empty() {
         reg.name.clone()
@@ -142,7 +143,7 @@ async fn register(
             (id, name)
         });
     if let Some((_, name)) = &sidecar {
-        require(acl.service_write(name))?;
+        super::require_service_write(&acl, profile, name)?;
     }
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
@@ -156,11 +157,15 @@ async fn register(
                 .map(|s| s.reg.name.clone())
         };
         let replaced = [
-            Some(id.as_str()),
-            sidecar.as_ref().map(|(id, _)| id.as_str()),
+            Some((id.as_str(), reg.name.as_str())),
+            sidecar
+                .as_ref()
+                .map(|(id, name)| (id.as_str(), name.as_str())),
         ];
-        for name in replaced.into_iter().flatten().filter_map(existing) {
-            require(acl.service_write(&name))?;
+        for (id, new_name) in replaced.into_iter().flatten() {
+            if let Some(name) = existing(id) {
+                super::require_service_write_named(&acl, profile, &name, new_name)?;
+            }
         }
         inner.catalog.register(reg, index, now)?;
         changes.touch(Table::Services);
@@ -175,6 +180,7 @@ async fn deregister(
     token: RequestToken,
 ) -> Result<StatusCode, ApiError> {
     let acl = app.acl(&token)?;
+    let profile = app.store.settings().profile();
     let acls_on = app.store.settings().acl.enabled;
     app.store.write(|inner, _, changes| {
         let name = inner
@@ -184,7 +190,7 @@ async fn deregister(
             .map(|s| s.reg.name.clone());
         match name {
             Some(name) => {
-                require(acl.service_write(&name))?;
+                super::require_service_write(&acl, profile, &name)?;
                 inner.catalog.deregister(&id);
                 changes.touch(Table::Services);
             }
@@ -374,6 +380,7 @@ async fn update_check(
     output: String,
 ) -> Result<StatusCode, ApiError> {
     let acl = app.acl(&token)?;
+    let profile = app.store.settings().profile();
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
         let owner = inner
@@ -382,7 +389,7 @@ async fn update_check(
             .find(|s| s.checks.iter().any(|c| c.id == id))
             .map(|s| s.reg.name.clone())
             .ok_or_else(|| ApiError::Internal(format!("Unknown check {id:?}")))?;
-        require(acl.service_write(&owner))?;
+        super::require_service_write(&acl, profile, &owner)?;
         inner
             .catalog
             .update_check(&id, status, &output, index, now)?;

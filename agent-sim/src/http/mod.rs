@@ -444,6 +444,33 @@ impl ApiError {
     }
 }
 
+/// `Ok` when `acl` may write `service`; else 403 as the emulated version words a refused agent
+/// write.
+pub fn require_service_write(
+    acl: &Authorizer,
+    profile: &Profile,
+    service: &str,
+) -> Result<(), ApiError> {
+    require_service_write_named(acl, profile, service, service)
+}
+
+/// As [`require_service_write`], the refusal naming `named` (Consul names the new
+/// registration when the instance it replaces is not writable).
+pub fn require_service_write_named(
+    acl: &Authorizer,
+    profile: &Profile,
+    service: &str,
+    named: &str,
+) -> Result<(), ApiError> {
+    match (acl.service_write(service), profile.denials_name_permission) {
+        (true, _) => Ok(()),
+        (false, true) => Err(ApiError::Forbidden(format!(
+            "Permission denied: Missing service:write on {named}"
+        ))),
+        (false, false) => Err(ApiError::denied()),
+    }
+}
+
 /// `Ok` when `allowed`, else 403 `Permission denied`.
 pub fn require(allowed: bool) -> Result<(), ApiError> {
     if allowed {

@@ -93,19 +93,18 @@ impl ConfigEntries {
         match &mut entry {
             ConfigEntry::ServiceIntentions(e) => {
                 for (i, s) in e.sources.iter_mut().enumerate() {
-                    for (set, field) in [
-                        (s.legacy_meta.is_some(), "LegacyMeta"),
-                        (s.legacy_create_time.is_some(), "LegacyCreateTime"),
-                        (s.legacy_update_time.is_some(), "LegacyUpdateTime"),
-                    ] {
-                        if set {
-                            return Err(ConfigEntryError(format!(
-                                "Sources[{i}].{field} must be omitted"
-                            )));
-                        }
+                    // Consul's normalize clears the legacy ID and times of a config write
+                    // (m26a, m26g) and keeps `LegacyMeta`, which validation then refuses
+                    // unless empty (m26).
+                    if s.legacy_meta.as_ref().is_some_and(|m| !m.is_empty()) {
+                        return Err(ConfigEntryError(format!(
+                            "Sources[{i}].LegacyMeta must be omitted"
+                        )));
                     }
-                    // A config write never keeps or injects legacy IDs (m26a, m26g).
+                    s.legacy_meta = None;
                     s.legacy_id = None;
+                    s.legacy_create_time = None;
+                    s.legacy_update_time = None;
                 }
                 self.validate_intentions(e)?;
             }
