@@ -58,15 +58,6 @@ const GAPS_1_10_9: &[(&str, &str)] = &[
         "51_",
         "agent/self carries a subset of Consul's DebugConfig, Stats and Member",
     ),
-    (
-        "m39b",
-        "the Sources[N] index of exact PUT errors differs; not yet investigated",
-    ),
-    (
-        "m48c2",
-        "exact PUT with source ns foo: stored entry differs; not yet investigated",
-    ),
-    ("m53_", "config list differs (follows from m48c2)"),
     ("m56f", "CA roots lack PrivateKeyType/PrivateKeyBits"),
 ];
 

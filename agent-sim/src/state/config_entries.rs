@@ -187,6 +187,14 @@ impl ConfigEntries {
         if e.sources.is_empty() {
             return err("At least one source is required".into());
         }
+        // Consul's normalize computes each source's precedence and sorts the sources by it
+        // (stable) before validating: error indexes and the stored order are the sorted ones
+        // (m39b, m48c2).
+        let name = e.name.clone();
+        for s in &mut e.sources {
+            s.precedence = precedence(&source_intention(&name, s, None));
+        }
+        e.sources.sort_by(|a, b| b.precedence.cmp(&a.precedence));
         let mut seen = std::collections::HashSet::new();
         let mut has_l7 = false;
         for (i, s) in e.sources.iter_mut().enumerate() {
@@ -244,9 +252,6 @@ impl ConfigEntries {
             if !is_http_like(&protocol) {
                 return err(l7_protocol_error(&e.name, &protocol));
             }
-        }
-        for s in &mut e.sources {
-            s.precedence = precedence(&source_intention(&e.name, s, None));
         }
         Ok(())
     }
@@ -367,7 +372,8 @@ pub fn legacy_source(ixn: &Intention) -> SourceIntention {
         legacy_id: Some(ixn.id.clone()),
         source_type: ixn.source_type.clone(),
         description: (!ixn.description.is_empty()).then(|| ixn.description.clone()),
-        legacy_meta: Some(ixn.meta.clone().unwrap_or_default()),
+        // Consul keeps an empty map, which its JSON omits.
+        legacy_meta: ixn.meta.clone().filter(|m| !m.is_empty()),
         legacy_create_time: Some(ixn.created_at),
         legacy_update_time: Some(ixn.updated_at),
     }
