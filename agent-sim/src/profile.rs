@@ -178,6 +178,9 @@ pub struct Profile {
     /// A refused agent write (register, deregister, check update) names what is missing:
     /// `Permission denied: Missing service:write on web` (1.10); 1.4 said `Permission denied`.
     pub denials_name_permission: bool,
+    /// `GET /v1/agent/self` as this version's dev agent answered it (`src/agent_self/`):
+    /// agent-sim fills in its own node, datacenter, version and ACL settings.
+    pub agent_self: &'static str,
     /// The ACL decisions that changed between versions.
     pub acl: AclRules,
 }
@@ -204,6 +207,7 @@ pub static CONSUL_1_4_5: Profile = Profile {
     decode_errors_prefixed: false,
     health_streaming: false,
     denials_name_permission: false,
+    agent_self: include_str!("agent_self/consul-1.4.5.json"),
 };
 
 /// Consul 1.10.9, as `tests/data/consul-1.10.9` captured it.
@@ -228,6 +232,7 @@ pub static CONSUL_1_10_9: Profile = Profile {
     decode_errors_prefixed: true,
     health_streaming: true,
     denials_name_permission: true,
+    agent_self: include_str!("agent_self/consul-1.10.9.json"),
 };
 
 #[cfg(test)]

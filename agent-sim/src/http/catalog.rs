@@ -274,6 +274,8 @@ async fn status_peers(State(app): State<AppState>, query: Query) -> Response {
     Json::new(&[server_address(&app)], &query).into_response()
 }
 
+/// `GET /v1/agent/self`: the emulated version's dev agent answer (every field Consul sends)
+/// with this agent's node, datacenter, version and ACL settings.
 async fn agent_self(
     State(app): State<AppState>,
     token: RequestToken,
@@ -281,36 +283,64 @@ async fn agent_self(
 ) -> Result<Response, ApiError> {
     let s = app.store.settings();
     require(app.acl(&token)?.agent_read(&s.node_name))?;
-    let body = json!({
-        "Config": {
-            "Datacenter": s.datacenter,
-            "NodeName": s.node_name,
-            "NodeID": s.node_id,
-            "Revision": "agent-sim",
-            "Server": true,
-            "Version": s.profile().version,
-        },
-        "DebugConfig": {
-            "ACLsEnabled": s.acl.enabled,
-            "ACLDefaultPolicy": match s.acl.default_policy {
-                crate::acl_rules::DefaultPolicy::Allow => "allow",
-                crate::acl_rules::DefaultPolicy::Deny => "deny",
-            },
-            "ConnectEnabled": true,
-            "Datacenter": s.datacenter,
-            "NodeName": s.node_name,
-        },
-        "Coord": null,
-        "Member": {
-            "Name": s.node_name,
-            "Addr": s.node_address,
-            "Port": 8301,
-            "Tags": {"dc": s.datacenter, "role": "consul", "build": format!("{}:agent-sim", s.profile().version)},
-            "Status": 1,
-        },
-        "Stats": {},
-        "Meta": {"consul-network-segment": ""},
-    });
+    let mut body: serde_json::Value = serde_json::from_str(s.profile().agent_self)
+        .map_err(|e| ApiError::Internal(format!("agent/self template: {e}")))?;
+    let policy = match s.acl.default_policy {
+        crate::acl_rules::DefaultPolicy::Allow => "allow",
+        crate::acl_rules::DefaultPolicy::Deny => "deny",
+    };
+    let version = s.profile().version;
+    // Keys only overwritten where the version has them (`PrimaryDatacenter` is 1.10's).
+    let set = |v: &mut serde_json::Value, key: &str, value: serde_json::Value| {
+        if let Some(slot) = v.get_mut(key) {
+            *slot = value;
+        }
+    };
+    let config = &mut body["Config"];
+    for (key, value) in [
+        ("Datacenter", json!(s.datacenter)),
+        ("PrimaryDatacenter", json!(s.datacenter)),
+        ("NodeName", json!(s.node_name)),
+        ("NodeID", json!(s.node_id)),
+        ("Revision", json!("agent-sim")),
+        ("Version", json!(version)),
+    ] {
+        set(config, key, value);
+    }
+    let debug = &mut body["DebugConfig"];
+    let acl_dc = if debug["ACLDatacenter"] == "" {
+        ""
+    } else {
+        s.datacenter.as_str()
+    };
+    for (key, value) in [
+        ("Datacenter", json!(s.datacenter)),
+        ("PrimaryDatacenter", json!(s.datacenter)),
+        ("ACLDatacenter", json!(acl_dc)),
+        ("NodeName", json!(s.node_name)),
+        ("NodeID", json!(s.node_id)),
+        ("Revision", json!("agent-sim")),
+        ("Version", json!(version)),
+        ("ACLsEnabled", json!(s.acl.enabled)),
+        ("ACLDefaultPolicy", json!(policy)),
+    ] {
+        set(debug, key, value);
+    }
+    let member = &mut body["Member"];
+    set(member, "Name", json!(s.node_name));
+    set(member, "Addr", json!(s.node_address));
+    set(member, "Port", json!(8301));
+    let tags = &mut member["Tags"];
+    for (key, value) in [
+        ("dc", s.datacenter.clone()),
+        ("id", s.node_id.clone()),
+        ("build", format!("{version}:agent-sim")),
+        ("acls", if s.acl.enabled { "1" } else { "0" }.to_owned()),
+        ("port", "8300".to_owned()),
+        ("wan_join_port", "8302".to_owned()),
+    ] {
+        set(tags, key, json!(value));
+    }
     Ok(Json::new(&body, &query).into_response())
 }
 
