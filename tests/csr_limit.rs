@@ -14,6 +14,7 @@ use agent_sim::clock::ManualClock;
 use agent_sim::Agent;
 use consul_connect::agent::WatchConfig;
 use consul_connect::ConnectService;
+use serde_json::Value;
 use support::agent::{sdk_client, Raw};
 use time::OffsetDateTime;
 
@@ -127,5 +128,86 @@ async fn without_a_rate_the_concurrency_limit_applies_and_zero_means_unlimited()
         .collect();
     for answer in burst {
         assert_eq!(answer.await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_renewal_keeps_the_leaf_and_retries_in_a_later_window() {
+    let jitter = Duration::from_secs(1);
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let agent = Agent::builder()
+        .clock(clock.clone())
+        .rotation_jitter(jitter)
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&agent);
+    let limited = r#"{"Provider":"consul","Config":{"LeafCertTTL":"72h","RotationPeriod":"2160h","CSRMaxPerSecond":1}}"#;
+    assert_eq!(
+        raw.put("/v1/connect/ca/configuration", limited)
+            .await
+            .status,
+        200
+    );
+    let mut before = Vec::new();
+    for name in ["a", "b"] {
+        let leaf = raw.get(&format!("/v1/agent/connect/ca/leaf/{name}")).await;
+        assert_eq!(leaf.status, 200, "{}", leaf.body);
+        before.push(leaf.json());
+        clock.advance(Duration::from_secs(1));
+    }
+    let rotate = r#"{"Provider":"consul","Config":{"LeafCertTTL":"72h","RotationPeriod":"2160h","CSRMaxPerSecond":1,"ForceRotate":true}}"#;
+    assert_eq!(
+        raw.put("/v1/connect/ca/configuration", rotate).await.status,
+        200
+    );
+    let waiters: Vec<_> = ["a", "b"]
+        .into_iter()
+        .zip(&before)
+        .map(|(name, leaf)| {
+            let raw = raw.clone();
+            let path = format!(
+                "/v1/agent/connect/ca/leaf/{name}?index={}&wait=20s",
+                leaf["ModifyIndex"]
+            );
+            tokio::spawn(async move { raw.get(&path).await.json() })
+        })
+        .collect();
+    // Both re-issues fall due within the window; the bucket holds one token.
+    clock.advance(jitter);
+    let (first, _, mut rest) = futures_select(waiters).await;
+    assert_ne!(first["SerialNumber"], Value::Null);
+    let other = rest.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "the second renewal must wait for a later window"
+    );
+    // The refused one retries within two more windows and gets its new leaf.
+    clock.advance(jitter * 3);
+    let renewed = tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .unwrap()
+        .unwrap();
+    let old: Vec<&Value> = before.iter().map(|l| &l["SerialNumber"]).collect();
+    assert!(!old.contains(&&renewed["SerialNumber"]));
+    assert!(!old.contains(&&first["SerialNumber"]));
+}
+
+/// The first of `tasks` to finish, its index and the others.
+async fn futures_select<T: Send + 'static>(
+    mut tasks: Vec<tokio::task::JoinHandle<T>>,
+) -> (T, usize, Vec<tokio::task::JoinHandle<T>>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            let done = tasks.remove(i);
+            return (done.await.unwrap(), i, tasks);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
