@@ -194,7 +194,7 @@ impl ConfigEntries {
         for s in &mut e.sources {
             s.precedence = precedence(&source_intention(&name, s, None));
         }
-        e.sources.sort_by(|a, b| b.precedence.cmp(&a.precedence));
+        e.sources.sort_by_key(|s| std::cmp::Reverse(s.precedence));
         let mut seen = std::collections::HashSet::new();
         let mut has_l7 = false;
         for (i, s) in e.sources.iter_mut().enumerate() {
