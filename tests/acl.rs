@@ -259,10 +259,11 @@ async fn acl_endpoints_and_operator_rights() {
     )
     .await;
     assert_eq!(bad_rules.status, 500);
-    // Consul 1.4.5's exact text (the ACL matrix's policy-creation probe).
+    // Consul 1.10.9's exact text, the default version's (the ACL matrix's policy-creation
+    // probes hold both versions' texts).
     assert_eq!(
         bad_rules.body,
-        r#"Invalid service policy: acl.ServicePolicy{Name:"web", Policy:"writ", Sentinel:acl.Sentinel{Code:"", EnforcementLevel:""}, Intentions:""}"#,
+        r#"Invalid service policy: &acl.ServiceRule{Name:"web", Policy:"writ", Intentions:"", EnterpriseRule:acl.EnterpriseRule{}}"#,
     );
     let no_name = as_token(&raw, "PUT", "/v1/acl/policy", r#"{"Rules":""}"#, &secret).await;
     assert_eq!(

@@ -35,36 +35,10 @@ const NOT_REPLAYED: &[(&str, &str)] = &[
 /// Samples replayed (their requests build the state later ones need) whose answer agent-sim
 /// does not match yet in 1.10.9 mode, and what differs. Checked to still differ, so the list
 /// stays honest.
-const GAPS_1_10_9: &[(&str, &str)] = &[
-    ("03_", "agent services lack 1.10's TaggedAddresses and Datacenter"),
-    ("17", "health answers keep 1.4.5's shape (ProxyDestination, no TaggedAddresses, check fields); ?cached is not the streaming backend"),
-    ("18_", "catalog answers keep 1.4.5's shape"),
-    ("18b", "catalog answers keep 1.4.5's shape"),
-    ("38d", "intention update decode error lacks 1.10's 'Bad request: ' prefix"),
-    ("51_", "agent/self carries a subset of Consul's DebugConfig, Stats and Member"),
-    ("56_", "answer differs from the capture; not yet investigated"),
-    ("m39b", "the Sources[N] index of exact PUT errors differs; not yet investigated"),
-    ("m46", "?ns= refusal not emulated"),
-    ("m47", "?ns= refusal not emulated"),
-    ("m48_", "X-Consul-Namespace refusal not emulated"),
-    ("m48d", "check with a source namespace: 1.10's refusal text not emulated"),
-    ("m48e", "?ns= refusal not emulated"),
-    ("m48g", "?ns= refusal not emulated"),
-    ("m53_", "config list differs (follows from m48c2)"),
-    ("m54d", "DELETE /v1/config/<kind> answers 405, Consul 404 with its text"),
-    ("m56_", "catalog services keep 1.4.5's shape"),
-    ("m56b", "health answers keep 1.4.5's shape"),
-    ("m56c", "health answers keep 1.4.5's shape"),
-    ("m56e", "/v1/status/leader not emulated"),
-    ("m57_", "agent services lack 1.10's TaggedAddresses and Datacenter"),
-    ("m57b", "/v1/agent/service/<id> not emulated"),
-];
+const GAPS_1_10_9: &[(&str, &str)] = &[];
 
 /// The same for 1.4.5 mode.
-const GAPS_1_4_5: &[(&str, &str)] = &[(
-    "51_",
-    "agent/self carries a subset of Consul's DebugConfig, Stats and Member",
-)];
+const GAPS_1_4_5: &[(&str, &str)] = &[];
 
 fn skipped(name: &str) -> Option<&'static str> {
     NOT_REPLAYED
@@ -122,24 +96,8 @@ fn shape_diff(path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
             if w.len() != g.len() {
                 out.push(format!("{path}: {} items, captured {}", g.len(), w.len()));
             }
-            // Order aside: Consul sorts some lists by random IDs (CA roots by fingerprint), so
-            // each captured item needs an item of ours of the same shape, in any position.
-            let mut unused: Vec<&Value> = g.iter().collect();
-            for (i, wv) in w.iter().enumerate() {
-                let same = unused.iter().position(|gv| {
-                    let mut diffs = Vec::new();
-                    shape_diff("", wv, gv, &mut diffs);
-                    diffs.is_empty()
-                });
-                match same {
-                    Some(at) => {
-                        unused.remove(at);
-                    }
-                    None => match unused.first() {
-                        Some(gv) => shape_diff(&format!("{path}[{i}]"), wv, gv, out),
-                        None => out.push(format!("{path}[{i}] missing")),
-                    },
-                }
+            for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                shape_diff(&format!("{path}[{i}]"), wv, gv, out);
             }
         }
         (Value::Bool(w), Value::Bool(g)) if w != g => {
@@ -318,8 +276,6 @@ const GAPS_WAN: &[(&str, &str)] = &[
         "X-Cache: HIT in the capture, whose agent cache already held dc2's roots (04_, the \
          first read in dc1, is a MISS); a first read here is a MISS",
     ),
-    ("wan10_", "health answers keep 1.4.5's shape (as 17)"),
-    ("wan10b", "catalog answers keep 1.4.5's shape (as 18_)"),
     (
         "wan18",
         "agent/self carries a subset of Consul's DebugConfig, Stats and Member (as 51_)",

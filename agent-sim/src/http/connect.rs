@@ -13,7 +13,7 @@ use consul_connect_types::spiffe::ServiceId;
 use tokio::time::Instant;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
-use crate::cache::wait_for;
+use crate::cache::{wait_for, LeafFill};
 use crate::state::Table;
 
 /// The CA settings Consul 1.4 knows (and agent-sim's `ForceRotate`).
@@ -150,10 +150,15 @@ async fn leaf(
     )
     .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
     super::require(app.acl(&token)?.service_write(&service))?;
-    let lookup = app.cache.leaf(&app.partition(&token), &id);
+    let part = app.partition(&token);
+    let lookup = app.cache.leaf(&part, &id);
     // 1.10 revalidates a leaf read without an index, so it is never a cache hit.
     let revalidated = blocking.is_none() && app.store.settings().profile().leaf_reads_revalidate;
-    let (_, leaf) = read_entry(lookup.value, blocking).await?;
+    let (_, fill) = read_entry(lookup.value, blocking).await?;
+    let LeafFill::Issued(leaf) = &*fill else {
+        app.cache.forget_refused_leaf(&part, id.service());
+        return Err(ApiError::RateLimited);
+    };
     Ok(Json::new(&leaf.cert, &query)
         .index(leaf.cert.modify_index)
         .cache(lookup.hit && !revalidated)
@@ -176,19 +181,8 @@ async fn set_ca_config(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
-    let prefixed = app
-        .store
-        .settings()
-        .profile()
-        .ca
-        .config_decode_error_prefixed;
-    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"]).map_err(|e| {
-        let message = format!("Request decode failed: {e}");
-        match prefixed {
-            true => ApiError::BadRequestPrefixed(message),
-            false => ApiError::BadRequest(message),
-        }
-    })?;
+    let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
+        .map_err(|e| ApiError::decode_failed(app.store.settings().profile(), e))?;
     // Consul reads provider settings case-insensitively and in snake case (`private_key`):
     // store them under their canonical names so they are used, and hidden, whatever the
     // spelling.

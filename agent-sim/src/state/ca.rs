@@ -288,6 +288,12 @@ impl CaState {
         }
     }
 
+    /// The provider settings as stored (keys unmasked), for what agent-sim itself reads from
+    /// them, such as the CSR limits.
+    pub(crate) fn stored_config(&self) -> &BTreeMap<String, Value> {
+        &self.config.config
+    }
+
     /// The configuration as `GET /v1/connect/ca/configuration` shows it: 1.4 hides the key,
     /// 1.10 adds `State` and `ForceWithoutCrossSigning`.
     pub fn config_view(&self) -> CaConfigView {

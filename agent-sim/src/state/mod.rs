@@ -5,6 +5,7 @@ pub mod acl;
 pub mod ca;
 pub mod catalog;
 pub mod config_entries;
+pub mod csr_limit;
 pub mod intentions;
 pub mod leaf;
 pub mod persist;
