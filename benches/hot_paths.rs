@@ -69,6 +69,8 @@ fn fixture() -> Fixture {
             root_cert: root.pem.clone(),
             intermediate_certs: None,
             active: true,
+            private_key_type: None,
+            private_key_bits: None,
             create_index: 1,
             modify_index: 1,
         }],

@@ -5,6 +5,10 @@
 //! [`ConnectListener`](crate::ConnectListener) uses it too. There is no way through it that
 //! skips authorization; the raw rustls configuration, which runs only an in-handshake
 //! authorizer, is behind [`ConnectService::dangerous`](crate::ConnectService::dangerous).
+//!
+//! The streams it hands out stay under its watch: when the authorizer reports that
+//! intentions changed, open connections are authorized again and those now denied are closed
+//! with `access_denied` (see [`ServerStream`]).
 
 use std::fmt;
 use std::io;
@@ -17,9 +21,12 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{Authorizer, AuthzError};
+use crate::revoke::{CloseSignal, Connections};
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 use crate::tls::{peer_identity, recording_refusals, refuse_after_handshake, VerifyError};
+
+pub use crate::revoke::{ConnectionClosed, ServerStream};
 
 /// Why an incoming connection was refused.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +86,12 @@ pub struct AcceptError {
 /// be authorized (the agent did not answer) gets `internal_error` (TLS 1.3; `close_notify` on
 /// TLS 1.2 after the handshake). Cloning is cheap.
 ///
+/// An accepted connection is authorized again whenever the authorizer reports that the
+/// intentions changed ([`Authorizer::changes`]), within about a second, and closed with
+/// `access_denied` when now denied; one whose re-check cannot be decided (the agent does not
+/// answer) is kept, and checked again a little later. With
+/// [`ConnectAcceptor::max_connection_age`], connections are also closed at that age.
+///
 /// ```no_run
 /// # async fn run(db: consul_connect::ConnectService) -> std::io::Result<()> {
 /// let acceptor = db.acceptor();
@@ -102,6 +115,8 @@ pub struct ConnectAcceptor {
     /// False when the authorizer decides inside the handshake (the verifier already did).
     authorize_after: bool,
     target: Arc<str>,
+    connections: Arc<Connections>,
+    max_age: Option<Duration>,
 }
 
 impl fmt::Debug for ConnectAcceptor {
@@ -109,6 +124,7 @@ impl fmt::Debug for ConnectAcceptor {
         f.debug_struct("ConnectAcceptor")
             .field("target", &self.target)
             .field("authorizer", &self.authorizer)
+            .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
 }
@@ -120,9 +136,20 @@ impl ConnectAcceptor {
         Self {
             tls: TlsAcceptor::from(service.dangerous().server_config()),
             authorize_after: authorizer.handshake_hook().is_none(),
+            connections: Arc::new(Connections::new(service.name(), authorizer.clone())),
             authorizer,
             target: service.name().into(),
+            max_age: None,
         }
+    }
+
+    /// Closes connections once they are `limit` old (`None`, the default: never), whatever
+    /// the intentions say: for those who want every client authorized afresh now and then.
+    /// The stream ends as at a deny, with `close_notify` instead of `access_denied`; an HTTP
+    /// client sees its connection close and dials again.
+    pub fn max_connection_age(mut self, limit: Option<Duration>) -> Self {
+        self.max_age = limit;
+        self
     }
 
     /// The service clients connect to.
@@ -136,11 +163,13 @@ impl ConnectAcceptor {
     /// # Errors
     ///
     /// [`AcceptError`] with the reason and, when known, the client's identity.
-    pub async fn accept<IO>(&self, io: IO) -> Result<(TlsStream<IO>, ServiceId), AcceptError>
+    pub async fn accept<IO>(&self, io: IO) -> Result<(ServerStream<IO>, ServiceId), AcceptError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let refuse = |reason, peer| AcceptError { reason, peer };
+        // Before deciding: a change that lands meanwhile re-checks this connection.
+        let generation = self.connections.generation();
         let stream =
             recording_refusals(self.tls.accept(io)).await.map_err(
                 |e| match VerifyError::from_io(&e) {
@@ -158,10 +187,10 @@ impl ConnectAcceptor {
             )?;
         let peer = peer_identity(stream.get_ref().1)
             .ok_or_else(|| refuse(RejectReason::NoIdentity, None))?;
-        if !self.authorize_after {
-            return Ok((stream, peer.into_service_id()));
-        }
         let id = peer.service_id().clone();
+        if !self.authorize_after {
+            return Ok((self.admit(stream, &id, peer.serial(), generation), id));
+        }
         let decision = match self
             .authorizer
             .authorize(&self.target, &id, peer.serial())
@@ -183,6 +212,26 @@ impl ConnectAcceptor {
             };
             return Err(refuse(RejectReason::Authz(denied), Some(id)));
         }
-        Ok((stream, id))
+        Ok((self.admit(stream, &id, peer.serial(), generation), id))
+    }
+
+    /// Lists an authorized stream for re-checks and its age limit.
+    fn admit<IO>(
+        &self,
+        stream: TlsStream<IO>,
+        peer: &ServiceId,
+        serial: &str,
+        generation: u64,
+    ) -> ServerStream<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let signal = Arc::new(CloseSignal::default());
+        let mut guard = self.connections.register(peer, serial, generation, &signal);
+        if let Some(limit) = self.max_age {
+            guard.close_after(limit, &self.target, peer, &signal);
+        }
+        let config = self.tls.config().clone();
+        ServerStream::new(stream, peer.clone(), config, signal, guard)
     }
 }

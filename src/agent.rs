@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 mod config;
+mod default_policy;
 mod transport;
 
 pub use config::*;
@@ -99,6 +100,20 @@ pub enum AgentError {
         /// The ACL permission the endpoint requires.
         needed: &'static str,
     },
+    /// Consul OSS refused an Enterprise feature: a namespace or admin partition other than
+    /// `default` (`Namespaces are a Consul Enterprise feature`).
+    #[error(
+        "the Consul agent refused {path}: {message} (it is Consul OSS: leave the namespace and \
+         partition unset or `default`)"
+    )]
+    EnterpriseOnly {
+        /// The request path.
+        path: String,
+        /// The status code (400 for a parameter or header, 500 for a namespace in a name).
+        status: StatusCode,
+        /// Consul's message.
+        message: String,
+    },
     /// Any other non-2xx answer, with Consul's message.
     #[error("Consul agent answered {status} for {path}: {message}")]
     Status {
@@ -123,7 +138,9 @@ impl AgentError {
     /// The HTTP status, for answers the agent gave.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            AgentError::Status { status, .. } => Some(*status),
+            AgentError::Status { status, .. } | AgentError::EnterpriseOnly { status, .. } => {
+                Some(*status)
+            }
             AgentError::PermissionDenied { .. } => Some(StatusCode::FORBIDDEN),
             _ => None,
         }
@@ -284,6 +301,37 @@ impl AgentClient {
         }
     }
 
+    /// The same agent, scoped to the namespace `ns` (Consul Enterprise): `?ns=` on every
+    /// request, as Go's client sends it. `default` is the namespace of Consul OSS, which
+    /// refuses any other with [`AgentError::EnterpriseOnly`].
+    pub fn with_namespace(self, ns: impl Into<String>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.namespace = Some(ns.into());
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same agent, scoped to the admin partition `partition` (Consul Enterprise 1.11+):
+    /// `?partition=` on every request.
+    pub fn with_partition(self, partition: impl Into<String>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.partition = Some(partition.into());
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The namespace every request is scoped to, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    /// The admin partition every request is scoped to, if any.
+    pub fn partition(&self) -> Option<&str> {
+        self.inner.partition.as_deref()
+    }
+
     /// How long a pooled connection to the agent may stay idle before it is closed.
     pub fn idle_timeout(&self) -> Duration {
         self.inner.idle_timeout
@@ -350,32 +398,35 @@ impl AgentClient {
         self.get(&path, &[("connect", "true")], opts).await
     }
 
-    /// What the agent decides when no intention matches, from `GET /v1/agent/self`
-    /// (`DebugConfig.ACLsEnabled` and `ACLDefaultPolicy`; the token needs `agent:read`).
+    /// What the agent decides for callers no intention matches, from `GET /v1/agent/self`
+    /// read as each Consul version offers it: `DebugConfig.DefaultIntentionPolicy` (1.18+),
+    /// else `DebugConfig.ACLsEnabled` with `ACLDefaultPolicy` (up to 1.10) or
+    /// `ACLResolverSettings.ACLDefaultPolicy` (1.11+), else the `X-Consul-Default-Acl-Policy`
+    /// header (1.9+, also on the 403 a token without `agent:read` gets). When none of them can
+    /// be read, the answer is deny, with a warning saying why.
+    ///
+    /// # Errors
+    ///
+    /// Only when the agent cannot be asked at all (unreachable, timed out).
     pub async fn intention_default(
         &self,
     ) -> Result<crate::intentions::DefaultDecision, AgentError> {
-        use crate::intentions::DefaultDecision;
-        let path = "/v1/agent/self";
-        let me: Indexed<serde_json::Value> = self.get(path, &[], &QueryOptions::default()).await?;
-        let debug = &me.value["DebugConfig"];
-        let decode_error = |what: &str| AgentError::Decode {
-            path: path.to_owned(),
-            source: <serde_json::Error as serde::de::Error>::custom(format!(
-                "DebugConfig.{what} missing or not understood"
-            )),
-        };
-        let enabled = debug["ACLsEnabled"]
-            .as_bool()
-            .ok_or_else(|| decode_error("ACLsEnabled"))?;
-        if !enabled {
-            return Ok(DefaultDecision::AclsDisabled);
-        }
-        match debug["ACLDefaultPolicy"].as_str() {
-            Some("allow") => Ok(DefaultDecision::AclDefaultAllow),
-            Some("deny") => Ok(DefaultDecision::AclDefaultDeny),
-            _ => Err(decode_error("ACLDefaultPolicy")),
-        }
+        let answer = self
+            .request(Method::GET, "/v1/agent/self", Bytes::new(), REQUEST_TIMEOUT)
+            .await?;
+        Ok(
+            match default_policy::from_agent_self(
+                answer.status,
+                &answer.body,
+                answer.default_acl_policy.as_deref(),
+            ) {
+                default_policy::Found::Read(decision) => decision,
+                default_policy::Found::Unknown(why) => {
+                    tracing::warn!(%why, "the agent's default for callers no intention matches cannot be read; denying them");
+                    crate::intentions::DefaultDecision::AclDefaultDeny
+                }
+            },
+        )
     }
 
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.
@@ -442,11 +493,14 @@ impl AgentClient {
         } else {
             format!("{path}?{query}")
         };
-        let (status, index, body) = self
+        let answer = self
             .request(Method::GET, &uri, Bytes::new(), timeout)
             .await?;
-        let value = decode(path, status, &body)?;
-        Ok(Indexed { value, index })
+        let value = decode(path, answer.status, &answer.body)?;
+        Ok(Indexed {
+            value,
+            index: answer.index,
+        })
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
@@ -455,10 +509,10 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, AgentError> {
-        let (status, _, bytes) = self
+        let answer = self
             .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
             .await?;
-        decode(path, status, &bytes)
+        decode(path, answer.status, &answer.body)
     }
 
     async fn send_no_body<B: Serialize>(
@@ -467,10 +521,10 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<(), AgentError> {
-        let (status, _, bytes) = self
+        let answer = self
             .request(method, path, json_bytes(body), REQUEST_TIMEOUT)
             .await?;
-        check_status(path, status, &bytes)
+        check_status(path, answer.status, &answer.body)
     }
 
     async fn request(
@@ -479,7 +533,7 @@ impl AgentClient {
         path_and_query: &str,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<(StatusCode, u64, Bytes), AgentError> {
+    ) -> Result<Answer, AgentError> {
         let path = path_and_query
             .split('?')
             .next()
@@ -522,19 +576,28 @@ impl AgentClient {
                 .await
                 .map_err(|e| unreachable(connect_error(e)))?;
             let status = resp.status();
-            let index = resp
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let index = header("X-Consul-Index")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
+            let default_acl_policy = header("X-Consul-Default-Acl-Policy");
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| unreachable(Box::new(e)))?
                 .to_bytes();
-            Ok((status, index, body))
+            Ok(Answer {
+                status,
+                index,
+                default_acl_policy,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -544,6 +607,16 @@ impl AgentClient {
                 timeout,
             })?
     }
+}
+
+/// One answer of the agent: what the client reads of it.
+struct Answer {
+    status: StatusCode,
+    /// `X-Consul-Index`, 0 when absent.
+    index: u64,
+    /// `X-Consul-Default-Acl-Policy` (Consul 1.9+, on every answer).
+    default_acl_policy: Option<String>,
+    body: Bytes,
 }
 
 /// The pooled HTTP client to the agent. hyper-util's pool only expires idle connections when
@@ -582,6 +655,15 @@ fn check_status(path: &str, status: StatusCode, body: &[u8]) -> Result<(), Agent
             needed: needed_permission(path),
         });
     }
+    // 400 for ?ns= / ?partition= / X-Consul-Namespace, 500 for a namespace inside a name:
+    // "... is a Consul Enterprise feature" / "... are a Consul Enterprise feature".
+    if message.contains("a Consul Enterprise feature") {
+        return Err(AgentError::EnterpriseOnly {
+            path: path.to_owned(),
+            status,
+            message,
+        });
+    }
     Err(AgentError::Status {
         path: path.to_owned(),
         status,
@@ -613,6 +695,9 @@ fn needed_permission(path: &str) -> &'static str {
         "operator:read (or write)"
     } else if path.starts_with("/v1/agent/service/") {
         "service:write on the service"
+    } else if path.starts_with("/v1/health/") {
+        // 1.16+ answers 403 here (before, an empty list).
+        "service:read on the service"
     } else {
         "service:read or node:read"
     }

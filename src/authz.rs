@@ -5,9 +5,15 @@
 //! `/v1/agent/connect/authorize` after the handshake. [`IntentionsAuthorizer`] watches the
 //! intentions for the service and decides in-process, inside the handshake, so a denied
 //! client gets a TLS alert and the agent sees no call. Both give the same decisions.
+//!
+//! Both also say when their decisions may have changed ([`Authorizer::changes`]): the
+//! intentions that match the service as a destination changed. Connections already open are
+//! then authorized again, and those now denied are closed (see
+//! [`ServerStream`](crate::acceptor::ServerStream)).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -73,18 +79,115 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
     fn handshake_hook(&self) -> Option<Arc<dyn HandshakeAuthorizer>> {
         None
     }
+
+    /// A receiver whose value changes each time decisions for `target` may have changed.
+    /// Connections to `target` that are already open are then authorized again with
+    /// [`Authorizer::authorize`], and closed when now denied. `None` (the default): decisions
+    /// never change, open connections are never checked again.
+    ///
+    /// Called from within a Tokio runtime (an implementation may start a watch).
+    fn changes(&self, target: &str) -> Option<watch::Receiver<u64>> {
+        let _ = target;
+        None
+    }
 }
 
 /// Asks the agent's `/v1/agent/connect/authorize` for every new client.
-#[derive(Debug, Clone)]
+///
+/// To learn when open connections must be authorized again, it watches the intentions that
+/// match each target as a destination (`/v1/connect/intentions/match?by=destination`, with
+/// blocking queries; polled on agents that cannot block, such as Consul 1.4), from the first
+/// time [`Authorizer::changes`] is asked for that target until the last clone is dropped.
+#[derive(Clone)]
 pub struct AgentAuthorizer {
     agent: AgentClient,
+    watch: WatchConfig,
+    watches: Arc<Watches>,
+}
+
+/// The intention watches of an [`AgentAuthorizer`], one per target, stopped on drop.
+#[derive(Default)]
+struct Watches {
+    by_target: Mutex<HashMap<String, watch::Receiver<u64>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl fmt::Debug for AgentAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watched: Vec<String> = self.lock_watches().keys().cloned().collect();
+        f.debug_struct("AgentAuthorizer")
+            .field("agent", &self.agent)
+            .field("watched", &watched)
+            .finish()
+    }
 }
 
 impl AgentAuthorizer {
     /// An authorizer asking `agent`.
     pub fn new(agent: AgentClient) -> Self {
-        Self { agent }
+        Self {
+            agent,
+            watch: WatchConfig::default(),
+            watches: Arc::default(),
+        }
+    }
+
+    /// The pacing of the intentions watch that tells when to authorize open connections
+    /// again.
+    pub fn with_watch_config(mut self, config: WatchConfig) -> Self {
+        self.watch = config;
+        self
+    }
+
+    fn lock_watches(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<u64>>> {
+        // A map of receivers: a panic elsewhere cannot leave it half-written.
+        self.watches
+            .by_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the watch of `target`'s intentions; the receiver changes with the match list.
+    fn start_watch(&self, target: &str) -> watch::Receiver<u64> {
+        let (generation, changes) = watch::channel(0u64);
+        let agent = self.agent.clone();
+        let target = target.to_owned();
+        let stop = self.watches.stop.subscribe();
+        let config = self.watch.clone();
+        tokio::spawn(async move {
+            let mut last: Option<Vec<Intention>> = None;
+            let name = target.clone();
+            run_watch(
+                config,
+                stop,
+                |opts: QueryOptions| {
+                    let agent = agent.clone();
+                    let target = target.clone();
+                    async move { agent.intentions_for_destination(&target, &opts).await }
+                },
+                |event| match event {
+                    // The first list counts as a change too: a connection authorized just
+                    // before it arrived may have been decided on an older state.
+                    WatchEvent::Update(list) if last.as_ref() != Some(&list.value) => {
+                        last = Some(list.value);
+                        generation.send_modify(|g| *g += 1);
+                    }
+                    WatchEvent::Update(_) => {}
+                    WatchEvent::Error(e) => {
+                        telemetry::watch_error(&name, "intentions");
+                        tracing::warn!(target = %name, error = %e, "intentions watch failed; open connections are not re-checked until it recovers");
+                    }
+                },
+            )
+            .await;
+        });
+        changes
     }
 }
 
@@ -121,6 +224,14 @@ impl Authorizer for AgentAuthorizer {
             allowed: resp.authorized,
             reason: resp.reason,
         })
+    }
+
+    fn changes(&self, target: &str) -> Option<watch::Receiver<u64>> {
+        let mut watches = self.lock_watches();
+        let changes = watches
+            .entry(target.to_owned())
+            .or_insert_with(|| self.start_watch(target));
+        Some(changes.clone())
     }
 }
 
@@ -270,6 +381,11 @@ impl Authorizer for IntentionsAuthorizer {
 
     fn handshake_hook(&self) -> Option<Arc<dyn HandshakeAuthorizer>> {
         Some(Arc::new(IntentionsHook(self.state.clone())))
+    }
+
+    /// [`IntentionsAuthorizer::updates`]: the watched list is that of its own target.
+    fn changes(&self, _target: &str) -> Option<watch::Receiver<u64>> {
+        Some(self.updates())
     }
 }
 

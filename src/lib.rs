@@ -31,6 +31,7 @@ pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod resolve;
+mod revoke;
 pub mod service;
 pub mod telemetry;
 pub mod tls;

@@ -20,8 +20,9 @@ use crate::telemetry;
 
 pub use crate::acceptor::RejectReason;
 
-/// A server-side Connect stream.
-pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// A server-side Connect stream over TCP: the TLS stream, closed by the server when the client
+/// is no longer authorized or the connection is older than the listener allows.
+pub use crate::acceptor::ServerStream;
 
 /// Default limit for a client to complete the TLS handshake and authorization.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +48,9 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once (default 1024); past it the oldest is shed.
     pub max_pending: usize,
+    /// Connections older than this are closed (default `None`: never), whatever the
+    /// intentions say. See [`ConnectAcceptor::max_connection_age`].
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for ListenerConfig {
@@ -54,6 +58,7 @@ impl Default for ListenerConfig {
         Self {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
+            max_connection_age: None,
         }
     }
 }
@@ -62,7 +67,8 @@ impl Default for ListenerConfig {
 ///
 /// Each connection's handshake runs in its own task with a timeout, so a slow client cannot
 /// hold up others. [`ConnectListener::accept`] returns only streams whose client passed the
-/// certificate checks and authorization; the rest are logged (who, why) and closed.
+/// certificate checks and authorization; the rest are logged (who, why) and closed. Accepted
+/// connections are authorized again when the intentions change, and closed when now denied.
 ///
 /// ```no_run
 /// # async fn run(db: consul_connect::ConnectService) -> std::io::Result<()> {
@@ -113,7 +119,7 @@ impl ConnectListener {
         let ctx = Arc::new(AcceptContext {
             rejections: rejections.clone(),
             max_pending: config.max_pending.max(1),
-            acceptor: ConnectAcceptor::new(service),
+            acceptor: ConnectAcceptor::new(service).max_connection_age(config.max_connection_age),
             target: service.name().to_owned(),
             timeout: config.handshake_timeout,
         });

@@ -8,7 +8,8 @@ use rand::seq::SliceRandom;
 
 use crate::agent::{AgentClient, AgentError, QueryOptions};
 use crate::api::ServiceEntry;
-use crate::spiffe::ServiceId;
+use crate::intentions::DEFAULT_NAMESPACE;
+use crate::spiffe::{ServiceId, DEFAULT_PARTITION};
 use crate::tls::ExpectedServer;
 
 /// One instance to try: an address and who must answer there.
@@ -38,6 +39,45 @@ pub enum ResolveError {
         /// The service asked for.
         service: String,
     },
+    /// The token may not discover the service: Consul 1.16+ answers 403 where older versions
+    /// answered an empty list.
+    #[error(
+        "cannot discover {service:?}{}: the token lacks {permission} on {service:?} ({message})",
+        datacenter.as_deref().map(|dc| format!(" in {dc}")).unwrap_or_default()
+    )]
+    PermissionDenied {
+        /// The service asked for.
+        service: String,
+        /// The datacenter asked for, if not the agent's.
+        datacenter: Option<String>,
+        /// The missing ACL permission, as Consul names it (`service:read`).
+        permission: String,
+        /// Consul's message.
+        message: String,
+    },
+}
+
+impl ResolveError {
+    /// A discovery failure of `service`: a 403 names the permission the token lacks.
+    fn from_agent(service: &str, datacenter: Option<&str>, source: AgentError) -> Self {
+        match source {
+            AgentError::PermissionDenied { message, .. } => ResolveError::PermissionDenied {
+                service: service.to_owned(),
+                datacenter: datacenter.map(str::to_owned),
+                // Consul 1.15+: `… lacks permission 'service:read' on "db"`.
+                permission: message
+                    .split_once("lacks permission '")
+                    .and_then(|(_, rest)| rest.split_once('\''))
+                    .map_or("service:read", |(permission, _)| permission)
+                    .to_owned(),
+                message,
+            },
+            source => ResolveError::Agent {
+                service: service.to_owned(),
+                source,
+            },
+        }
+    }
 }
 
 /// Turns a target into candidates, best first.
@@ -106,6 +146,15 @@ pub struct CatalogResolver {
     tag: Option<String>,
 }
 
+/// The namespace and partition instances are expected in: the agent client's scope, else
+/// Consul's defaults (OSS knows only those).
+fn scope(agent: &AgentClient) -> (&str, &str) {
+    (
+        agent.namespace().unwrap_or(DEFAULT_NAMESPACE),
+        agent.partition().unwrap_or(DEFAULT_PARTITION),
+    )
+}
+
 impl CatalogResolver {
     /// Resolves `service` through `agent`.
     pub fn new(agent: AgentClient, service: impl Into<String>) -> Self {
@@ -128,6 +177,20 @@ impl CatalogResolver {
         self.tag = Some(tag.into());
         self
     }
+
+    /// Instances in this namespace (Consul Enterprise; sent as `?ns=`), whose certificates must
+    /// name it. Consul OSS refuses any but `default` ([`AgentError::EnterpriseOnly`](crate::agent::AgentError::EnterpriseOnly)).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.agent = self.agent.with_namespace(ns);
+        self
+    }
+
+    /// Instances in this admin partition (Consul Enterprise 1.11+; sent as `?partition=`),
+    /// whose certificates must name it.
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.agent = self.agent.with_partition(partition);
+        self
+    }
 }
 
 #[async_trait]
@@ -145,12 +208,13 @@ impl Resolver for CatalogResolver {
             .agent
             .health_connect(&self.service, self.tag.as_deref(), &opts)
             .await
-            .map_err(|source| ResolveError::Agent {
-                service: self.service.clone(),
-                source,
+            .map_err(|source| {
+                ResolveError::from_agent(&self.service, self.datacenter.as_deref(), source)
             })?
             .value;
-        let mut candidates: Vec<Candidate> = entries.iter().filter_map(candidate).collect();
+        let scope = scope(&self.agent);
+        let mut candidates: Vec<Candidate> =
+            entries.iter().filter_map(|e| candidate(e, scope)).collect();
         if candidates.is_empty() {
             return Err(ResolveError::NoInstances {
                 service: self.service.clone(),
@@ -215,7 +279,12 @@ impl Resolver for PreparedQueryResolver {
                 source,
             })?
             .value;
-        let candidates: Vec<Candidate> = result.nodes.iter().filter_map(candidate).collect();
+        let scope = scope(&self.agent);
+        let candidates: Vec<Candidate> = result
+            .nodes
+            .iter()
+            .filter_map(|e| candidate(e, scope))
+            .collect();
         if candidates.is_empty() {
             return Err(ResolveError::NoInstances {
                 service: self.query.clone(),
@@ -228,7 +297,9 @@ impl Resolver for PreparedQueryResolver {
 /// The address and expected identity of a health entry, as Consul's Go resolver derives them:
 /// the service's address or else the node's; a native service proves its own name, a proxy its
 /// destination's; the datacenter is the node's.
-fn candidate(entry: &ServiceEntry) -> Option<Candidate> {
+/// A dialable instance of a health entry, expected to present its service's identity in the
+/// entry's namespace and partition (Enterprise answers carry them), else `scope`'s.
+fn candidate(entry: &ServiceEntry, scope: (&str, &str)) -> Option<Candidate> {
     let service = &entry.service;
     let name = if service.connect.native {
         service.service.as_str()
@@ -251,7 +322,8 @@ fn candidate(entry: &ServiceEntry) -> Option<Candidate> {
     Some(Candidate {
         addr,
         expected: ExpectedServer::new(name)
-            .with_namespace("default")
+            .with_partition(service.partition.as_deref().unwrap_or(scope.1))
+            .with_namespace(service.namespace.as_deref().unwrap_or(scope.0))
             .with_datacenter(entry.node.datacenter.clone()),
     })
 }

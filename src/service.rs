@@ -135,6 +135,8 @@ pub struct ConnectServiceBuilder {
     agent: Option<AgentSource>,
     token: Option<Token>,
     datacenter: Option<String>,
+    namespace: Option<String>,
+    partition: Option<String>,
     authorizer: AuthorizerChoice,
     watch: WatchConfig,
     leaf_first_read_timeout: Duration,
@@ -187,6 +189,21 @@ impl ConnectServiceBuilder {
     /// The ACL token for every request (overrides the agent client's).
     pub fn token(mut self, token: Token) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// The namespace the service lives in (Consul Enterprise; every agent request is scoped
+    /// to it with `?ns=`, and the leaf must name it). Consul OSS knows only `default` and
+    /// refuses others with [`AgentError::EnterpriseOnly`].
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// The admin partition the service lives in (Consul Enterprise 1.11+; `?partition=` on
+    /// every agent request, and the leaf must name it).
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
         self
     }
 
@@ -281,8 +298,16 @@ impl ConnectServiceBuilder {
         if let Some(token) = self.token {
             agent = agent.with_token(token);
         }
+        if let Some(ns) = &self.namespace {
+            agent = agent.with_namespace(ns.clone());
+        }
+        if let Some(partition) = &self.partition {
+            agent = agent.with_partition(partition.clone());
+        }
         let authorizer: Arc<dyn Authorizer> = match self.authorizer {
-            AuthorizerChoice::Agent => Arc::new(AgentAuthorizer::new(agent.clone())),
+            AuthorizerChoice::Agent => {
+                Arc::new(AgentAuthorizer::new(agent.clone()).with_watch_config(self.watch.clone()))
+            }
             AuthorizerChoice::Intentions(default) => Arc::new(IntentionsAuthorizer::start_with(
                 agent.clone(),
                 &self.name,
@@ -317,12 +342,16 @@ impl ConnectServiceBuilder {
                 let material = contents
                     .material(files, now)
                     .and_then(|m| {
-                        check_identity(&self.name, self.datacenter.as_deref(), m).map_err(
-                            |reason| FilesError::NotThisService {
-                                cert_file: files.cert_file().to_owned(),
-                                reason,
-                            },
+                        check_identity(
+                            &self.name,
+                            self.datacenter.as_deref(),
+                            (agent.namespace(), agent.partition()),
+                            m,
                         )
+                        .map_err(|reason| FilesError::NotThisService {
+                            cert_file: files.cert_file().to_owned(),
+                            reason,
+                        })
                     })
                     .map_err(files_error)?;
                 Some((files.clone(), contents, material))
@@ -442,6 +471,8 @@ impl ConnectService {
             agent: None,
             token: None,
             datacenter: None,
+            namespace: None,
+            partition: None,
             authorizer: AuthorizerChoice::Agent,
             watch: WatchConfig::default(),
             leaf_first_read_timeout: DEFAULT_LEAF_FIRST_READ_TIMEOUT,
@@ -744,7 +775,14 @@ impl Shared {
         let built = contents
             .material(files, now)
             .map_err(|e| e.to_string())
-            .and_then(|m| check_identity(&self.name, self.datacenter.as_deref(), m));
+            .and_then(|m| {
+                check_identity(
+                    &self.name,
+                    self.datacenter.as_deref(),
+                    (self.agent.namespace(), self.agent.partition()),
+                    m,
+                )
+            });
         match built {
             Ok(material) => {
                 tracing::debug!(service = %self.name, serial = %material.serial(), "certificate files changed");
@@ -799,7 +837,14 @@ impl Shared {
         };
         let built = Material::new(roots, leaf, now)
             .map_err(|e| e.to_string())
-            .and_then(|m| check_identity(&self.name, self.datacenter.as_deref(), m));
+            .and_then(|m| {
+                check_identity(
+                    &self.name,
+                    self.datacenter.as_deref(),
+                    (self.agent.namespace(), self.agent.partition()),
+                    m,
+                )
+            });
         match built {
             Ok(material) => {
                 let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
@@ -875,9 +920,15 @@ fn same_material(a: &Material, b: &Material) -> bool {
 
 /// Refuses a leaf that names another service than `name` (or another datacenter than asked
 /// for): a valid certificate is not enough, it must be ours.
+/// The namespace and partition a service was configured for, when set.
+type Scope<'a> = (Option<&'a str>, Option<&'a str>);
+
+/// Refuses a leaf that names another service than `name` (or another datacenter, namespace or
+/// partition than asked for): a valid certificate is not enough, it must be ours.
 fn check_identity(
     name: &str,
     datacenter: Option<&str>,
+    (namespace, partition): Scope<'_>,
     material: Material,
 ) -> Result<Material, String> {
     let id = material.service_id();
@@ -886,10 +937,17 @@ fn check_identity(
             "leaf certificate is for {id}, not for service {name:?}"
         ));
     }
-    if let Some(dc) = datacenter.filter(|dc| id.datacenter() != *dc) {
-        return Err(format!(
-            "leaf certificate is for {id}, not for datacenter {dc:?}"
-        ));
+    let wanted = [
+        ("datacenter", datacenter, id.datacenter()),
+        ("namespace", namespace, id.namespace()),
+        ("partition", partition, id.partition()),
+    ];
+    for (what, want, got) in wanted {
+        if let Some(want) = want.filter(|want| *want != got) {
+            return Err(format!(
+                "leaf certificate is for {id}, not for {what} {want:?}"
+            ));
+        }
     }
     Ok(material)
 }

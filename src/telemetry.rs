@@ -8,6 +8,7 @@
 //! | `consul_connect_handshakes_total` | counter | `service`, `side` (`server`, `client`), `result` (`ok`, `failed`), `reason` |
 //! | `consul_connect_authorizations_total` | counter | `service`, `authorizer` (`agent`, `intentions`), `decision` (`allow`, `deny`, `error`) |
 //! | `consul_connect_watch_errors_total` | counter | `service`, `watch` (`roots`, `leaf`, `intentions`, `material`) |
+//! | `consul_connect_connections_closed_total` | counter | `service`, `reason` (`denied`, `max_age`) |
 //!
 //! `reason` is a short, stable name of what failed (`untrusted_chain`, `wrong_service`,
 //! `denied`, `timeout`, ...) and `ok` for successes. No label ever holds a key or token.
@@ -24,6 +25,9 @@ pub const HANDSHAKES: &str = "consul_connect_handshakes_total";
 pub const AUTHORIZATIONS: &str = "consul_connect_authorizations_total";
 /// Watch errors counter name.
 pub const WATCH_ERRORS: &str = "consul_connect_watch_errors_total";
+/// Name of the counter of open connections the server closed after `accept`: the client is no
+/// longer authorized, or the connection reached its maximum age.
+pub const CONNECTIONS_CLOSED: &str = "consul_connect_connections_closed_total";
 
 pub(crate) fn leaf_expiry(service: &str, not_after: OffsetDateTime) {
     metrics::gauge!(LEAF_EXPIRY, "service" => service.to_owned())
@@ -61,6 +65,11 @@ pub(crate) fn authorization(service: &str, authorizer: &'static str, decision: &
 
 pub(crate) fn watch_error(service: &str, watch: &'static str) {
     metrics::counter!(WATCH_ERRORS, "service" => service.to_owned(), "watch" => watch).increment(1);
+}
+
+pub(crate) fn connection_closed(service: &str, reason: &'static str, count: u64) {
+    metrics::counter!(CONNECTIONS_CLOSED, "service" => service.to_owned(), "reason" => reason)
+        .increment(count);
 }
 
 /// `err` with each underlying cause appended (`: cause`), skipping causes its message already

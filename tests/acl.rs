@@ -259,10 +259,11 @@ async fn acl_endpoints_and_operator_rights() {
     )
     .await;
     assert_eq!(bad_rules.status, 500);
-    // Consul 1.4.5's exact text (the ACL matrix's policy-creation probe).
+    // Consul 1.10.9's exact text, the default version's (the ACL matrix's policy-creation
+    // probes hold both versions' texts).
     assert_eq!(
         bad_rules.body,
-        r#"Invalid service policy: acl.ServicePolicy{Name:"web", Policy:"writ", Sentinel:acl.Sentinel{Code:"", EnforcementLevel:""}, Intentions:""}"#,
+        r#"Invalid service policy: &acl.ServiceRule{Name:"web", Policy:"writ", Intentions:"", EnterpriseRule:acl.EnterpriseRule{}}"#,
     );
     let no_name = as_token(&raw, "PUT", "/v1/acl/policy", r#"{"Rules":""}"#, &secret).await;
     assert_eq!(
@@ -416,4 +417,52 @@ async fn the_intentions_authorizer_reads_the_default_from_the_agent() {
         .ready_timeout(Duration::from_secs(10))
         .await
         .unwrap();
+}
+
+/// A token that may not read `/v1/agent/self` still learns the default from the
+/// `X-Consul-Default-Acl-Policy` header of the 403 (Consul 1.9+); an agent that sends none
+/// (1.4.5) makes the default deny, so nothing is let through by guesswork.
+#[tokio::test]
+async fn the_default_without_agent_read_comes_from_the_header_or_is_deny() {
+    use agent_sim::profile::ConsulVersion;
+    use consul_connect::intentions::DefaultDecision;
+    for (version, default, expected) in [
+        (
+            ConsulVersion::V1_10_9,
+            DefaultPolicy::Allow,
+            DefaultDecision::AclDefaultAllow,
+        ),
+        (
+            ConsulVersion::V1_10_9,
+            DefaultPolicy::Deny,
+            DefaultDecision::AclDefaultDeny,
+        ),
+        // 1.4.5 sends no header: nothing says the default, so it is deny even though the
+        // agent's default is allow.
+        (
+            ConsulVersion::V1_4_5,
+            DefaultPolicy::Allow,
+            DefaultDecision::AclDefaultDeny,
+        ),
+    ] {
+        let agent = Agent::builder()
+            .cluster_id(support::agent::CLUSTER_ID)
+            .consul_version(version)
+            .acl(default)
+            .acl_initial_management_token(ROOT)
+            .start()
+            .await
+            .unwrap();
+        let raw = Raw::new(&agent);
+        let rules = r#"service "db" { policy = "write" } agent_prefix "" { policy = "deny" }"#;
+        let token = token_with(&raw, "db-only", rules).await;
+        let client = AgentClient::new(&agent.addr().to_string())
+            .unwrap()
+            .with_token(Token::new(token));
+        assert_eq!(
+            client.intention_default().await.unwrap(),
+            expected,
+            "{version} with default {default:?}"
+        );
+    }
 }

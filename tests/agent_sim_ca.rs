@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::agent::{openssl, start_agent, temp_dir, Raw, TRUST_DOMAIN};
+use support::agent::{openssl, start_agent, start_agent_1_4_5, temp_dir, Raw, TRUST_DOMAIN};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -66,7 +66,15 @@ async fn leaf_verifies_with_openssl_and_has_consuls_profile() {
         )),
         "{text}"
     );
-    assert!(text.contains("Subject: CN = web"), "{text}");
+    // 1.10's leaf name (web.txt): <service>.svc.<namespace>.<first 8 of the trust domain>.consul.
+    assert!(
+        text.contains("Subject: CN = web.svc.default.11111111.consul\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Issuer: CN = pri-") && text.contains(".consul.ca.11111111.consul\n"),
+        "{text}"
+    );
     assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
     assert!(
         text.contains("Digital Signature, Key Encipherment, Data Encipherment, Key Agreement"),
@@ -155,8 +163,15 @@ async fn rotation_cross_signs_and_old_leaves_stay_valid() {
     sorted.sort();
     assert_eq!(ids, sorted, "roots are sorted by ID");
 
+    // 1.10 stores the rotation PUT verbatim and shows the key to operator:write holders
+    // (sample 44); 1.4 showed "hidden" (tests/secrets.rs).
     let config = raw.get("/v1/connect/ca/configuration").await.json();
-    assert_eq!(config["Config"]["PrivateKey"], "hidden");
+    assert_eq!(
+        config["Config"],
+        serde_json::json!({"PrivateKey": key, "RotationPeriod": "2160h"})
+    );
+    assert_eq!(config["State"], Value::Null);
+    assert_eq!(config["ForceWithoutCrossSigning"], false);
 
     // The cached leaf is re-issued within the rotation jitter window: wait for it.
     let old_index = old_leaf["ModifyIndex"].as_u64().unwrap();
@@ -297,11 +312,38 @@ async fn leaf_blocking_query_wakes_with_the_reissued_leaf() {
 
 #[tokio::test]
 async fn bad_ca_configurations_are_refused_as_consul_does() {
+    // The TTL texts (sample 38g) and the decode error's prefix (38i) changed in 1.10.
+    let agent = start_agent_1_4_5().await;
+    let raw = Raw::new(&agent);
+    let answer = raw.put("/v1/connect/ca/configuration", "{").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (400, "Request decode failed: unexpected EOF")
+    );
+    for (ttl, message) in [
+        ("30m", "leaf cert TTL must be greater than 1h"),
+        ("9000h", "leaf cert TTL must be less than 1 year"),
+    ] {
+        let body = format!(r#"{{"Provider":"consul","Config":{{"LeafCertTTL":"{ttl}"}}}}"#);
+        let answer = raw.put("/v1/connect/ca/configuration", &body).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (
+                500,
+                format!("error configuring provider: {message}").as_str()
+            )
+        );
+    }
+
     let agent = start_agent().await;
     let raw = Raw::new(&agent);
     let cases = [
-        ("{", 400, "Request decode failed: unexpected EOF"),
-        ("", 400, "Request decode failed: EOF"),
+        (
+            "{",
+            400,
+            "Bad request: Request decode failed: unexpected EOF",
+        ),
+        ("", 400, "Bad request: Request decode failed: EOF"),
         (
             r#"{"Provider":"vault","Config":{}}"#,
             500,
@@ -310,12 +352,12 @@ async fn bad_ca_configurations_are_refused_as_consul_does() {
         (
             r#"{"Provider":"consul","Config":{"LeafCertTTL":"30m"}}"#,
             500,
-            "error configuring provider: leaf cert TTL must be greater than 1h",
+            "error configuring provider: leaf cert TTL must be greater or equal than 1h0m0s",
         ),
         (
             r#"{"Provider":"consul","Config":{"LeafCertTTL":"9000h"}}"#,
             500,
-            "error configuring provider: leaf cert TTL must be less than 1 year",
+            "error configuring provider: leaf cert TTL must be less than 8760h0m0s",
         ),
         (
             r#"{"Provider":"consul","Config":{"RootCert":"x"}}"#,

@@ -107,6 +107,18 @@ impl Conn {
     }
 }
 
+/// Waits (at most 1 s) for the server to close `conn` without being asked anything: the
+/// refusal alert it sent, or what the client saw instead.
+async fn closed_by_server(conn: &mut Conn) -> Result<ServerRefusal, String> {
+    match tokio::time::timeout(Duration::from_secs(1), conn.lines.next_line()).await {
+        Err(_) => Err("still open after 1 s".into()),
+        Ok(Ok(line)) => Err(format!("not refused: read {line:?}")),
+        Ok(Err(e)) => {
+            ServerRefusal::from_io(&e).ok_or_else(|| format!("not a refusal alert: {e:?}"))
+        }
+    }
+}
+
 async fn create_intention(
     agent: &AgentClient,
     source: &str,
@@ -345,8 +357,9 @@ async fn allowed_by_default_then_denied_by_an_intention() {
     assert!(answer.starts_with("ping from web serial "), "{answer}");
 
     let id = create_intention(&client, "web", "db", "deny").await;
-    // The open connection is not re-authorized (as in Consul); a new one is refused.
-    assert!(conn.ask("still there").await.is_some());
+    // Issue #14: the open connection is authorized again and closed (Consul's Go SDK keeps
+    // it, hashicorp/consul#5277); a new one is refused.
+    assert_eq!(closed_by_server(&mut conn).await, Ok(ServerRefusal::Denied));
     let mut denied = Conn::open(&web, addr, "db").await.unwrap();
     assert_eq!(
         denied.ask("ping").await,
@@ -362,6 +375,99 @@ async fn allowed_by_default_then_denied_by_an_intention() {
         "{}",
         rejection.reason
     );
+}
+
+/// Issue #14: a deny reaches connections that are already open, with either authorizer,
+/// within a second; other clients' connections carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_closes_open_connections_for_both_authorizers() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+    let by_agent = service(&client, "db").await;
+    let in_handshake = ConnectService::builder("db")
+        .agent(client.clone())
+        .watch_config(fast_watch())
+        .intentions_authorizer(DefaultDecision::AclsDisabled)
+        .build()
+        .await
+        .unwrap();
+    in_handshake.ready_timeout(READY).await.unwrap();
+
+    let mut open = Vec::new();
+    for (name, db) in [("agent", &by_agent), ("intentions", &in_handshake)] {
+        let (addr, _) = echo_server(db).await;
+        let mut web_conn = Conn::open(&web, addr, "db").await.unwrap();
+        let mut api_conn = Conn::open(&api, addr, "db").await.unwrap();
+        assert!(web_conn.ask("ping").await.is_some(), "{name}");
+        assert!(api_conn.ask("ping").await.is_some(), "{name}");
+        open.push((name, addr, web_conn, api_conn));
+    }
+
+    create_intention(&client, "web", "db", "deny").await;
+    for (name, addr, web_conn, api_conn) in &mut open {
+        assert_eq!(
+            closed_by_server(web_conn).await,
+            Ok(ServerRefusal::Denied),
+            "{name}: the open connection of the denied client"
+        );
+        let answer = api_conn.ask("still there").await;
+        assert!(
+            answer.is_some_and(|a| a.starts_with("still there from api")),
+            "{name}: another client's connection stays open"
+        );
+        assert_eq!(
+            refusal(&web, *addr).await,
+            Ok(ServerRefusal::Denied),
+            "{name}"
+        );
+    }
+}
+
+/// `ListenerConfig::max_connection_age` closes connections at that age, whatever the
+/// intentions say; new ones are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_closed_at_their_maximum_age() {
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let limit = Duration::from_millis(300);
+    let config = consul_connect::listener::ListenerConfig {
+        max_connection_age: Some(limit),
+        ..Default::default()
+    };
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut listener = ConnectListener::with_config(&db, tcp, config).unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let opened = std::time::Instant::now();
+    let mut conn = Conn::open(&web, addr, "db").await.unwrap();
+    assert_eq!(conn.ask("ping").await.as_deref(), Some("ping"));
+    let end = tokio::time::timeout(Duration::from_secs(5), conn.lines.next_line())
+        .await
+        .expect("closed at its maximum age");
+    assert!(matches!(end, Ok(None)), "a graceful end: {end:?}");
+    assert!(
+        opened.elapsed() >= limit,
+        "closed after {:?}",
+        opened.elapsed()
+    );
+    let mut again = Conn::open(&web, addr, "db").await.unwrap();
+    assert_eq!(again.ask("pong").await.as_deref(), Some("pong"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -332,6 +332,7 @@ async fn idle_connections_beyond_max_pending_do_not_starve_legitimate_clients() 
     let s = setup(ListenerConfig {
         handshake_timeout: Duration::from_secs(3),
         max_pending,
+        ..ListenerConfig::default()
     })
     .await;
     let mut idle = Vec::new();

@@ -1374,6 +1374,13 @@ async fn agent_restart_with_the_same_indexes_is_followed() {
         sorted(web.status().root_ids) == second_roots
     })
     .await;
+    // The new roots are trusted at once; the service is ready again once the new CA's leaf is
+    // held. (Both agents count serials alike, so the old and the new leaf may share a serial:
+    // readiness, not the serial alone, says the new leaf arrived.)
+    eventually(Duration::from_secs(5), "a leaf of the new CA held", || {
+        web.status().ready && web.material().is_some_and(|m| m.leaf_chains())
+    })
+    .await;
     wait_for_serial(&web, &second_leaf.serial_number).await;
     assert_material_verifies(&web);
 }

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use consul_connect::agent::{AgentClient, WatchConfig};
-use consul_connect::dialer::DialError;
+use consul_connect::dialer::{DialError, ServerRefusal};
 use consul_connect::http::{
     serve, serve_connection, AuthorizedStream, Caller, ConnectConnector, ConnectorError, HttpClient,
 };
@@ -475,6 +475,125 @@ async fn denied_caller_gets_no_http_response() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// The refusal somewhere in an HTTP client error's causes. h2 keeps only the kind and text of
+/// an I/O error that ends a connection (`h2::Error::Io`), so on an open HTTP/2 connection the
+/// alert is known by its text alone.
+fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<ServerRefusal> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(ServerRefusal::from_io)
+        {
+            return Some(found);
+        }
+        if e.to_string() == "received fatal alert: AccessDenied" {
+            return Some(ServerRefusal::Denied);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Issue #14: a deny reaches a pooled HTTP/2 connection that is already open, served by
+/// `http::serve`, with either authorizer: a request in flight on it fails within a second,
+/// and another caller's connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_closes_an_open_http2_connection_for_both_authorizers() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+    let by_agent = service(&client, "db").await;
+    let in_handshake = ConnectService::builder("inventory")
+        .agent(client.clone())
+        .watch_config(fast_watch())
+        .intentions_authorizer(consul_connect::intentions::DefaultDecision::AclsDisabled)
+        .build()
+        .await
+        .unwrap();
+    in_handshake.ready_timeout(READY).await.unwrap();
+
+    // `/` answers the caller's address (one per connection); `/hang` never answers, and says
+    // when it was reached.
+    let (entered, mut hanging) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|caller: Caller| async move { caller.remote_addr().to_string() }),
+        )
+        .route(
+            "/hang",
+            get(move || {
+                let _ = entered.send(());
+                std::future::pending::<String>()
+            }),
+        );
+    let (web_http, api_http) = (HttpClient::new(&web), HttpClient::new(&api));
+    let body = |response: http::Response<hyper::body::Incoming>| async move {
+        assert_eq!(response.version(), Version::HTTP_2);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+
+    let mut servers = Vec::new();
+    for (name, db) in [("db", &by_agent), ("inventory", &in_handshake)] {
+        let listener = ConnectListener::bind(db, "127.0.0.1:0").await.unwrap();
+        let rejections = listener.rejections();
+        register(&raw, name, listener.local_addr()).await;
+        tokio::spawn(serve(listener, app.clone()));
+        let url = format!("http://{name}.service.consul/");
+        body(web_http.get(&url).await.unwrap()).await;
+        let api_addr = body(api_http.get(&url).await.unwrap()).await;
+        // A request in flight on web's pooled connection.
+        let in_flight = tokio::spawn({
+            let web_http = web_http.clone();
+            let url = format!("{url}hang");
+            async move { web_http.get(&url).await }
+        });
+        hanging.recv().await.unwrap();
+        servers.push((name, url, api_addr, in_flight, rejections));
+    }
+
+    intention(&raw, "web", "db", "deny").await;
+    intention(&raw, "web", "inventory", "deny").await;
+    for (name, url, api_addr, in_flight, mut rejections) in servers {
+        let failed = tokio::time::timeout(Duration::from_secs(1), in_flight)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the open connection is still open after 1 s"))
+            .unwrap()
+            .expect_err("no answer on a closed connection");
+        assert_eq!(
+            refusal_in(&failed),
+            Some(ServerRefusal::Denied),
+            "{name}: {failed:?}"
+        );
+        // A new connection is refused. (hyper may report that one only as "connection
+        // closed": the alert of a TLS 1.3 refusal arrives after the client's handshake.)
+        web_http
+            .get(&url)
+            .await
+            .expect_err("a new connection is refused");
+        let rejection = next_rejection(&mut rejections).await;
+        assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("web"));
+        assert!(
+            rejection
+                .reason
+                .contains(&format!("default/web => default/{name}"))
+                && rejection.reason.contains("DENY"),
+            "{name}: {}",
+            rejection.reason
+        );
+        // The other caller is still served, on the same connection.
+        assert_eq!(
+            body(api_http.get(&url).await.unwrap()).await,
+            api_addr,
+            "{name}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ struct Proc {
     stdout: Receiver<String>,
     stdout_all: Arc<Mutex<String>>,
     stderr_all: Arc<Mutex<String>>,
+    /// The stderr copier, done at EOF (see [`Proc::stderr_at_exit`]).
+    stderr_pump: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Copies `stream` into `all`, sending each line (without its end) to `lines` if given.
@@ -60,7 +62,7 @@ fn pump(
     stream: impl Read + Send + 'static,
     lines: Option<Sender<String>>,
     all: Arc<Mutex<String>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -79,7 +81,7 @@ fn pump(
                 }
             }
         }
-    });
+    })
 }
 
 impl Proc {
@@ -95,7 +97,7 @@ impl Proc {
         let stdout_all = Arc::new(Mutex::new(String::new()));
         let stderr_all = Arc::new(Mutex::new(String::new()));
         pump(child.stdout.take().unwrap(), Some(tx), stdout_all.clone());
-        pump(child.stderr.take().unwrap(), None, stderr_all.clone());
+        let stderr_pump = pump(child.stderr.take().unwrap(), None, stderr_all.clone());
         Proc {
             name,
             stdin: child.stdin.take(),
@@ -103,6 +105,7 @@ impl Proc {
             stdout: rx,
             stdout_all,
             stderr_all,
+            stderr_pump: Some(stderr_pump),
         }
     }
 
@@ -111,6 +114,15 @@ impl Proc {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// Everything the process printed on stderr, once it has exited: waits for the copier to
+    /// reach EOF, which it may reach after the exit is seen.
+    fn stderr_at_exit(&mut self) -> String {
+        if let Some(pump) = self.stderr_pump.take() {
+            let _ = pump.join();
+        }
+        self.stderr()
     }
 
     /// Everything the process printed so far, for failure messages.
@@ -521,7 +533,7 @@ fn assert_refused(mut client: Proc, line: &str) -> String {
         "s_client did not exit after its stdout closed{}",
         client.output()
     );
-    client.stderr()
+    client.stderr_at_exit()
 }
 
 fn unique(label: &str) -> String {

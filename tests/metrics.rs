@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use consul_connect::agent::WatchConfig;
 use consul_connect::api::Intention;
-use consul_connect::telemetry::{AUTHORIZATIONS, HANDSHAKES, LEAF_EXPIRY, ROTATIONS};
+use consul_connect::telemetry::{
+    AUTHORIZATIONS, CONNECTIONS_CLOSED, HANDSHAKES, LEAF_EXPIRY, ROTATIONS,
+};
 use consul_connect::{ConnectListener, ConnectService, StaticResolver};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::agent::{sdk_client, start_agent, Raw};
@@ -167,6 +169,23 @@ async fn handshakes_denials_and_rotations_are_counted() {
     )
     .unwrap();
     client.create_intention(&deny).await.unwrap();
+    // The open connection is re-checked, denied and closed (one deny, one closed connection).
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut one))
+        .await
+        .expect("the open connection is closed after the deny");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert_eq!(
+        seen.counter(AUTHORIZATIONS, &[("service", "db"), ("decision", "deny")]),
+        1
+    );
+    assert_eq!(
+        seen.counter(
+            CONNECTIONS_CLOSED,
+            &[("service", "db"), ("reason", "denied")]
+        ),
+        1
+    );
+    // Then a new connection is refused (the second deny).
     let mut denied = web.dialer().dial(&resolver).await.unwrap();
     let _ = denied.write_all(b"x").await;
     assert_eq!(
@@ -180,7 +199,7 @@ async fn handshakes_denials_and_rotations_are_counted() {
         .unwrap();
     assert_eq!(
         seen.counter(AUTHORIZATIONS, &[("service", "db"), ("decision", "deny")]),
-        1
+        2
     );
     assert_eq!(
         seen.counter(

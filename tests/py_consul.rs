@@ -2,6 +2,9 @@
 //! `py-consul==1.8.0`) drives an embedded agent-sim through `tests/py/py_consul_check.py`:
 //! Connect-native registration, agent services, CA roots, leaf, Connect discovery, intentions
 //! through the `exact` API and agent authorize, each answer checked against real Consul's.
+//! It runs once per emulated version, and the script (told the version through
+//! `CONSUL_EXPECT_VERSION`) expects what that Consul answers: 1.4.5's answers in 1.4.5 mode,
+//! 1.10.9's (`tests/data/consul-1.10.9`) in 1.10.9 mode.
 //!
 //! `scripts/test.sh` installs py-consul into `.venv` and exports `PY_CONSUL_PYTHON`. Without
 //! that interpreter this test fails (it never skips): run `scripts/test.sh`, or
@@ -16,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use support::agent::{start_agent_1_4_5, Raw, TRUST_DOMAIN};
+use agent_sim::profile::ConsulVersion;
+use agent_sim::Agent;
+use support::agent::{Raw, CLUSTER_ID, TRUST_DOMAIN};
 
 /// The script, relative to the crate root.
 const SCRIPT: &str = "tests/py/py_consul_check.py";
@@ -54,15 +59,16 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `python SCRIPT` against `addr`, killing it after `DEADLINE`. Blocking: call it from
-/// `spawn_blocking` so the embedded agent keeps serving.
-fn run_script(python: &Path, root: &Path, addr: &str) -> Run {
+/// Runs `python SCRIPT` against `addr`, expecting `version`'s answers, killing it after
+/// `DEADLINE`. Blocking: call it from `spawn_blocking` so the embedded agent keeps serving.
+fn run_script(python: &Path, root: &Path, addr: &str, version: ConsulVersion) -> Run {
     let mut child = Command::new(python)
         .arg(root.join(SCRIPT))
         .current_dir(root)
         .env("CONSUL_HTTP_ADDR", addr)
         .env("CONSUL_CHECK_TRUST_DOMAIN", TRUST_DOMAIN)
         .env("CONSUL_CHECK_DATACENTER", "dc1")
+        .env("CONSUL_EXPECT_VERSION", version.to_string())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         // The caller's Consul settings must not redirect or authenticate the client.
@@ -105,22 +111,37 @@ fn run_script(python: &Path, root: &Path, addr: &str) -> Run {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn py_consul_client_works_against_agent_sim() {
+async fn py_consul_client_works_against_agent_sim_as_consul_1_4_5() {
+    py_consul_against(ConsulVersion::V1_4_5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_consul_client_works_against_agent_sim_as_consul_1_10_9() {
+    py_consul_against(ConsulVersion::V1_10_9).await;
+}
+
+/// Runs the script against an agent-sim emulating `version`, the script expecting that
+/// version's answers, and checks the state it leaves.
+async fn py_consul_against(version: ConsulVersion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = python(&root);
-    // The script's expectations are Consul 1.4.5's answers.
-    let agent = start_agent_1_4_5().await;
+    let agent = Agent::builder()
+        .cluster_id(CLUSTER_ID)
+        .consul_version(version)
+        .start()
+        .await
+        .expect("agent-sim starts");
     let addr = agent.addr().to_string();
 
     let run = {
         let (python, root, addr) = (python.clone(), root.clone(), addr.clone());
-        tokio::task::spawn_blocking(move || run_script(&python, &root, &addr))
+        tokio::task::spawn_blocking(move || run_script(&python, &root, &addr, version))
             .await
             .expect("script runner")
     };
     println!("{}", run.stdout);
     let report = format!(
-        "{} {SCRIPT} against agent-sim at {addr} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        "{} {SCRIPT} against agent-sim at {addr} (Consul {version} mode) exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         python.display(),
         run.status,
         run.stdout,

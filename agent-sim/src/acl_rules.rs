@@ -359,10 +359,30 @@ pub enum RulesError {
         /// Policy:"writ", Sentinel:acl.Sentinel{Code:"", EnforcementLevel:""}, Intentions:""}`,
         /// or the quoted value for `acl`/`operator`/`keyring`.
         detail: String,
+        /// The same as Consul 1.10 prints it (rules became pointers to `*Rule` structs with an
+        /// `EnterpriseRule` and no `Sentinel`), e.g. `&acl.ServiceRule{Name:"web",
+        /// Policy:"writ", Intentions:"", EnterpriseRule:acl.EnterpriseRule{}}`.
+        modern_detail: String,
     },
 }
 
 impl RulesError {
+    /// The error as Consul 1.10 words it (`modern`) or as 1.4 does (the `Display` text).
+    pub fn text(&self, modern: bool) -> String {
+        match self {
+            RulesError::InvalidPolicy {
+                rule,
+                intentions,
+                modern_detail,
+                ..
+            } if modern => format!(
+                "Invalid {rule} {}policy: {modern_detail}",
+                if *intentions { "intentions " } else { "" }
+            ),
+            _ => self.to_string(),
+        }
+    }
+
     /// The 1-based line the error points at.
     pub fn line(&self) -> usize {
         match self {
@@ -827,6 +847,26 @@ impl RawRule {
         out
     }
 
+    /// Go's `%#v` of the rule in Consul 1.10, where it is a pointer to an `acl.*Rule`.
+    fn go_repr_modern(&self) -> String {
+        let (go_type, key_field) = self.kind.go_struct();
+        let go_type = go_type.replace("Policy", "Rule");
+        let mut out = format!(
+            "&{go_type}{{{key_field}:{}, Policy:{}",
+            go_quote(&self.name),
+            go_quote(self.policy_str())
+        );
+        if self.kind.has_intentions() {
+            out.push_str(&format!(", Intentions:{}", go_quote(self.intentions_str())));
+        }
+        // The kinds that had a Sentinel now embed the (empty in OSS) EnterpriseRule.
+        if self.kind.has_sentinel() {
+            out.push_str(", EnterpriseRule:acl.EnterpriseRule{}");
+        }
+        out.push('}');
+        out
+    }
+
     fn invalid(&self, intentions: bool) -> RulesError {
         let (value, line) = match if intentions {
             &self.intentions
@@ -843,6 +883,7 @@ impl RawRule {
             value,
             line,
             detail: self.go_repr(),
+            modern_detail: self.go_repr_modern(),
         }
     }
 }
@@ -920,6 +961,7 @@ fn validate_scalar(
                 intentions: false,
                 name: None,
                 detail: go_quote(&value),
+                modern_detail: go_quote(&value),
                 value,
                 line: pos.line,
             }),

@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | `GET /v1/connect/ca/configuration` | `operator:read` | `operator:write` |
 //! | reading an intention (list, get, exact) | `intentions:read` on the destination, or `acl:read` | `intentions:read` on the source or the destination |
+//! | `SecretID` in `GET /v1/acl/tokens` | never | with `acl:write` (`<hidden>` without) |
+//! | rule errors | `acl.ServicePolicy{…, Sentinel:…}` | `&acl.ServiceRule{…, EnterpriseRule:…}` |
 //!
 //! ```
 //! use agent_sim::acl_rules::{Authorizer, DefaultPolicy, Policy};
@@ -49,6 +51,10 @@ pub struct AclRules {
     pub intention_read_by_acl_read: bool,
     /// `intentions:read` on an intention's source name reveals it (1.9+'s `CanRead`).
     pub intention_read_by_source: bool,
+    /// Rule validation errors print the rule as 1.10 does (`&acl.ServiceRule{…}`).
+    pub modern_rule_errors: bool,
+    /// `GET /v1/acl/tokens` carries `SecretID`s, `<hidden>` without `acl:write` (1.9+).
+    pub token_list_secrets: bool,
 }
 
 impl AclRules {
@@ -57,6 +63,8 @@ impl AclRules {
         ca_config_read: Perm::OperatorRead,
         intention_read_by_acl_read: true,
         intention_read_by_source: false,
+        modern_rule_errors: false,
+        token_list_secrets: false,
     };
 
     /// Consul 1.10.9.
@@ -64,6 +72,8 @@ impl AclRules {
         ca_config_read: Perm::OperatorWrite,
         intention_read_by_acl_read: false,
         intention_read_by_source: true,
+        modern_rule_errors: true,
+        token_list_secrets: true,
     };
 
     /// Whether `acl` may read the CA configuration.

@@ -44,6 +44,12 @@ pub enum StartError {
     /// The CA or the data directory could not be set up.
     #[error("cannot open the state store: {0}")]
     Store(#[from] crate::state::OpenError),
+    /// A secondary datacenter could not join its primary.
+    #[error("cannot join the primary datacenter: {0}")]
+    Federation(#[from] crate::federation::FederationError),
+    /// The settings cannot be used together.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Configures and starts an agent.
@@ -69,9 +75,32 @@ pub struct AgentBuilder {
     clock: Arc<dyn Clock>,
     data_dir: Option<std::path::PathBuf>,
     version: crate::profile::ConsulVersion,
+    primary: Option<crate::federation::Remote>,
 }
 
 impl AgentBuilder {
+    /// Run as a secondary datacenter of `primary` (another agent-sim, embedded): same trust
+    /// domain, a CA intermediate signed by the primary's root, intentions replicated from it,
+    /// `?dc=` and intention writes forwarded to it. See [`crate::federation`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), agent_sim::agent::StartError> {
+    /// let dc1 = agent_sim::Agent::builder().start().await?;
+    /// let dc2 = agent_sim::Agent::builder().datacenter("dc2").primary(&dc1).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn primary(self, primary: &Agent) -> Self {
+        let dc = primary.store().settings().datacenter.clone();
+        self.join_wan(dc, &primary.addr().to_string())
+    }
+
+    /// Run as a secondary datacenter of the agent-sim in `primary_datacenter` at `addr` (its
+    /// HTTP address, `host:port`), as [`AgentBuilder::primary`] does for an embedded one.
+    pub fn join_wan(mut self, primary_datacenter: impl Into<String>, addr: &str) -> Self {
+        self.primary = Some(crate::federation::Remote::new(primary_datacenter, addr));
+        self
+    }
+
     /// The Consul version to answer as (default: the newest emulated, 1.10.9), ACL decisions
     /// included.
     pub fn consul_version(mut self, version: crate::profile::ConsulVersion) -> Self {
@@ -201,7 +230,30 @@ impl AgentBuilder {
     }
 
     /// Binds the addresses and starts serving on the current tokio runtime.
-    pub async fn start(self) -> Result<Agent, StartError> {
+    pub async fn start(mut self) -> Result<Agent, StartError> {
+        let primary = self
+            .primary
+            .take()
+            .filter(|p| p.datacenter != self.datacenter);
+        if primary.is_some() && self.data_dir.is_some() {
+            return Err(StartError::Settings(
+                "a secondary datacenter keeps no state: --data-dir cannot be used with --join-wan"
+                    .into(),
+            ));
+        }
+        // As in a dev setup with one management token for both datacenters, it is also the
+        // replication token.
+        let federation = Arc::new(crate::federation::Federation::new(
+            self.datacenter.clone(),
+            primary,
+            self.acl.initial_management_token.clone(),
+        ));
+        let primary_roots = crate::federation::primary_roots(&federation).await?;
+        if let Some(roots) = &primary_roots {
+            // The secondary joins the primary's cluster: same trust domain.
+            let cluster_id = roots.trust_domain.trim_end_matches(".consul");
+            self.ca.cluster_id = Some(cluster_id.to_owned());
+        }
         // TLS files first: a bad file is reported before anything is bound.
         let tls = match self.https_addr {
             Some(_) => Some(TlsAcceptor::from(self.tls.server_config()?)),
@@ -246,7 +298,18 @@ impl AgentBuilder {
         let cache = Arc::new(ConnectCache::new(store.clone(), self.cache));
         let evictor = cache.start_evictor();
         let ttl_checks = crate::ttl::start(store.clone());
-        let app = router(AppState::new(store.clone(), cache.clone()));
+        let replication = match primary_roots {
+            Some(roots) => {
+                // How the primary reaches this agent: its HTTP address, else its HTTPS one.
+                let own = http_addr
+                    .or(https_addr)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                crate::federation::join(federation.clone(), store.clone(), own, roots).await?
+            }
+            None => None,
+        };
+        let app = router(AppState::new(store.clone(), cache.clone()).with_federation(federation));
         let (stop, stopped) = watch::channel(false);
         let stopped = move || {
             let mut stopped = stopped.clone();
@@ -281,6 +344,7 @@ impl AgentBuilder {
             unix_socket: self.http_unix,
             store,
             cache,
+            _replication: replication,
             _evictor: evictor,
             _ttl_checks: ttl_checks,
             stop: Some(stop),
@@ -320,6 +384,7 @@ pub struct Agent {
     unix_socket: Option<std::path::PathBuf>,
     store: Arc<Store>,
     cache: Arc<ConnectCache>,
+    _replication: Option<crate::federation::ReplicationHandle>,
     _evictor: EvictorHandle,
     _ttl_checks: crate::ttl::TtlHandle,
     stop: Option<watch::Sender<bool>>,
@@ -342,6 +407,7 @@ impl Agent {
             clock: Arc::new(SystemClock::new()),
             data_dir: None,
             version: Default::default(),
+            primary: None,
         }
     }
 

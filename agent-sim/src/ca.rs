@@ -61,6 +61,121 @@ pub const ROOT_VALIDITY_YEARS: i32 = 10;
 /// (`effectiveNow.Add(7 * 24 * time.Hour)`; the 1.4.5 sample shows NotAfter = NotBefore + 7 days).
 pub const CROSS_SIGNED_VALIDITY: Duration = Duration::days(7);
 
+/// How the CA names what it signs: Consul's common names changed after 1.4.
+///
+/// ```
+/// use agent_sim::ca::CertNames;
+/// use consul_connect_types::spiffe::{ServiceId, TrustDomain};
+///
+/// let td = TrustDomain::new("948f9bc5-27b7-56a1-4955-4da0cfcecc8f.consul")?;
+/// let web = ServiceId::new(td.clone(), "default", "dc1", "web")?;
+/// assert_eq!(CertNames::Consul1_4.leaf(&web), "web");
+/// assert_eq!(CertNames::Consul1_10.leaf(&web), "web.svc.default.948f9bc5.consul");
+/// assert_eq!(CertNames::Consul1_4.ca(7, &td, true), "Consul CA 7");
+/// let cn = CertNames::Consul1_10.ca(7, &td, false);
+/// assert!(cn.starts_with("sec-") && cn.ends_with(".consul.ca.948f9bc5.consul"), "{cn}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CertNames {
+    /// Consul 1.4: roots `Consul CA <serial>`, leaves `<service>`.
+    #[default]
+    Consul1_4,
+    /// Consul 1.10: roots `pri-<uid>.consul.ca.<first 8 of the trust domain>.consul`
+    /// (a secondary datacenter's intermediate `sec-…`), leaves
+    /// `<service>.svc.<namespace>.<first 8 of the trust domain>.consul`, the service and
+    /// namespace shortened so the name fits in 64 bytes.
+    Consul1_10,
+}
+
+impl CertNames {
+    /// The common name of a new CA certificate (`primary`: a root, else a secondary
+    /// datacenter's intermediate).
+    pub fn ca(self, serial: u64, trust_domain: &TrustDomain, primary: bool) -> String {
+        match self {
+            CertNames::Consul1_4 => format!("Consul CA {serial}"),
+            CertNames::Consul1_10 => {
+                // Go's CompactUID: a random number in base 36, at most 8 characters.
+                let uid = base36(rand::random::<u64>());
+                let uid = &uid[..uid.len().min(8)];
+                let kind = if primary { "pri" } else { "sec" };
+                format!("{kind}-{uid}.consul.ca.{}.consul", td8(trust_domain))
+            }
+        }
+    }
+
+    /// The common name of a leaf for `id`.
+    pub fn leaf(self, id: &ServiceId) -> String {
+        match self {
+            CertNames::Consul1_4 => id.service().to_owned(),
+            CertNames::Consul1_10 => {
+                let service: String = id
+                    .service()
+                    .to_ascii_lowercase()
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect();
+                let (service, namespace) = shorten_service_and_namespace(&service, id.namespace());
+                format!(
+                    "{service}.svc.{namespace}.{}.consul",
+                    td8(id.trust_domain())
+                )
+            }
+        }
+    }
+}
+
+fn td8(trust_domain: &TrustDomain) -> String {
+    trust_domain.as_str().chars().take(8).collect()
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Consul's cut of a service and namespace name to 43 bytes together (64 minus the rest of a
+/// leaf's common name), each kept to at least 15 bytes when both are long.
+fn shorten_service_and_namespace<'a>(service: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    const MAX: usize = 43;
+    const MIN: usize = 15;
+    let cut = |s: &'a str, n: usize| {
+        let end = (0..=n.min(s.len()))
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        &s[..end]
+    };
+    let (svc, ns) = (service.len(), namespace.len());
+    if svc + ns <= MAX {
+        return (service, namespace);
+    }
+    let remove = svc + ns - MAX;
+    if svc <= MIN {
+        return (service, cut(namespace, ns.saturating_sub(remove)));
+    }
+    if ns <= MIN {
+        return (cut(service, svc.saturating_sub(remove)), namespace);
+    }
+    let (mut svc_to, mut ns_to) = (svc - remove / 2 - remove % 2, ns - remove / 2);
+    if svc_to <= MIN {
+        (svc_to, ns_to) = (MIN, MAX - MIN);
+    } else if ns_to <= MIN {
+        (svc_to, ns_to) = (MAX - MIN, MIN);
+    }
+    (cut(service, svc_to), cut(namespace, ns_to))
+}
+
 /// An ECDSA P-256 key pair: a CA key, or the key an agent makes for a leaf.
 ///
 /// `Debug` shows only the algorithm and the key identifier, never key material.
@@ -267,6 +382,17 @@ pub trait CaProvider: Send + Sync + fmt::Debug {
         now: OffsetDateTime,
     ) -> Result<String, CaError>;
 
+    /// Signs a secondary datacenter's intermediate CA over `public_key` (a DER
+    /// SubjectPublicKeyInfo), valid `ttl` from now − 1 min. Returns the PEM.
+    fn sign_intermediate(
+        &self,
+        public_key: &[u8],
+        common_name: &str,
+        serial: u64,
+        now: OffsetDateTime,
+        ttl: std::time::Duration,
+    ) -> Result<String, CaError>;
+
     /// The CA private key as PEM (for persistence); never logged.
     fn private_key_pem(&self) -> String;
 }
@@ -280,6 +406,8 @@ pub struct BuiltinCa {
     issuer_name: DistinguishedName,
     /// The root's SKI, written as the AKI of everything this CA signs.
     issuer_key_id: Vec<u8>,
+    /// How leaves are named.
+    names: CertNames,
 }
 
 impl BuiltinCa {
@@ -295,6 +423,17 @@ impl BuiltinCa {
         serial: u64,
         now: OffsetDateTime,
     ) -> Result<BuiltinCa, CaError> {
+        BuiltinCa::generate(trust_domain, key, serial, now, CertNames::Consul1_4)
+    }
+
+    /// As [`BuiltinCa::new`], with the root and its leaves named as `names` says.
+    pub fn generate(
+        trust_domain: TrustDomain,
+        key: EcKey,
+        serial: u64,
+        now: OffsetDateTime,
+        names: CertNames,
+    ) -> Result<BuiltinCa, CaError> {
         let signing_uri = signing_uri(&trust_domain)?;
         let serial_number = serial_number(serial)?;
         let not_before = whole_seconds_utc(now)?;
@@ -305,7 +444,7 @@ impl BuiltinCa {
         })?;
         check_encodable(not_after)?;
 
-        let name = common_name(&format!("Consul CA {serial}"));
+        let name = common_name(&names.ca(serial, &trust_domain, true));
         let key_id = key.key_id();
         let mut params = CertificateParams::default();
         params.serial_number = Some(serial_number);
@@ -327,10 +466,19 @@ impl BuiltinCa {
             root,
             issuer_name: name,
             issuer_key_id: key_id,
+            names,
         })
     }
 
-    /// Rebuilds a CA from a persisted root PEM and its key, so a restarted agent keeps its root.
+    /// The same CA, naming the leaves it signs as `names` says.
+    pub fn with_cert_names(mut self, names: CertNames) -> BuiltinCa {
+        self.names = names;
+        self
+    }
+
+    /// Rebuilds a CA from a persisted root PEM and its key, so a restarted agent keeps its root;
+    /// or a secondary datacenter's CA from its intermediate (signed by the primary's root) and
+    /// key.
     ///
     /// The root must be a CA certificate for `key` (same SubjectPublicKeyInfo), carry a Subject
     /// Key Identifier and the URI SAN `spiffe://<trust-domain>`. Roots Consul 1.4.5 made (ASCII
@@ -373,6 +521,7 @@ impl BuiltinCa {
             root,
             issuer_name,
             issuer_key_id,
+            names: CertNames::default(),
         })
     }
 
@@ -395,7 +544,7 @@ impl CaProvider for BuiltinCa {
         &self.trust_domain
     }
 
-    /// Leaf profile: subject `CN=<service>` only; issuer = root subject; NotBefore = now − 1 min,
+    /// Leaf profile: subject `CN=<service>` only (or 1.10's form, see [`CertNames`]); issuer = root subject; NotBefore = now − 1 min,
     /// NotAfter = NotBefore + `ttl`; BasicConstraints critical CA:FALSE; KeyUsage critical
     /// digitalSignature, keyEncipherment, dataEncipherment, keyAgreement; EKU clientAuth,
     /// serverAuth; one URI SAN, the SPIFFE ID; SKI = `key.key_id()`; AKI = the root's SKI.
@@ -430,7 +579,7 @@ impl CaProvider for BuiltinCa {
 
         let mut params = CertificateParams::default();
         params.serial_number = Some(serial_number);
-        params.distinguished_name = common_name(id.service());
+        params.distinguished_name = common_name(&self.names.leaf(id));
         params.not_before = not_before;
         params.not_after = not_after;
         params.subject_alt_names = vec![uri_san(&id.to_string(), "certificate")?];
@@ -542,6 +691,60 @@ impl CaProvider for BuiltinCa {
             .signed_by(&public_key, &self.issuer())
             .map_err(generation_error("CA certificate"))?;
         Ok(pem_encode("CERTIFICATE", signed.der()))
+    }
+
+    /// Intermediate profile (Consul 1.10's `SignIntermediate`): subject `CN=<common_name>`;
+    /// issuer = root subject; BasicConstraints critical CA:TRUE pathLen 0; KeyUsage critical
+    /// digitalSignature, keyCertSign, cRLSign; URI SAN `spiffe://<trust-domain>`; SKI = SHA-256
+    /// of `public_key`; AKI = the root's SKI.
+    fn sign_intermediate(
+        &self,
+        public_key: &[u8],
+        common_name_text: &str,
+        serial: u64,
+        now: OffsetDateTime,
+        ttl: std::time::Duration,
+    ) -> Result<String, CaError> {
+        let invalid = |reason: String| CaError::Certificate {
+            what: "intermediate certificate",
+            reason,
+        };
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(public_key)
+            .map_err(|e| invalid(format!("unsupported public key: {e}")))?;
+        let ttl = Duration::try_from(ttl)
+            .ok()
+            .filter(|ttl| ttl.is_positive())
+            .ok_or_else(|| CaError::Validity {
+                reason: format!("intermediate TTL {ttl:?} must be positive and representable"),
+            })?;
+        let not_before = backdated(now)?;
+        let not_after = not_before
+            .checked_add(ttl)
+            .ok_or_else(|| CaError::Validity {
+                reason: format!("{not_before} + {ttl} is out of range"),
+            })?;
+        check_encodable(not_after)?;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(serial_number(serial)?);
+        params.distinguished_name = common_name(common_name_text);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.subject_alt_names = vec![uri_san(
+            &signing_uri(&self.trust_domain)?,
+            "CA certificate",
+        )?];
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = CA_KEY_USAGES.to_vec();
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::PreSpecified(
+            digest::digest(&digest::SHA256, public_key)
+                .as_ref()
+                .to_vec(),
+        );
+        let cert = params
+            .signed_by(&spki, &self.issuer())
+            .map_err(generation_error("CA certificate"))?;
+        Ok(pem_encode("CERTIFICATE", cert.der()))
     }
 
     fn private_key_pem(&self) -> String {
@@ -1566,6 +1769,104 @@ mod tests {
         .unwrap();
         ca.sign_leaf(&upper, &EcKey::generate().unwrap(), 9, NOW, TTL)
             .unwrap();
+    }
+
+    /// 1.10's names (`root1.txt`, `web.txt`): `pri-<uid>.consul.ca.<td8>.consul` and
+    /// `<svc>.svc.<ns>.<td8>.consul`, long names cut to 64 bytes as Consul cuts them.
+    #[test]
+    fn consul_1_10_names() {
+        let ca = BuiltinCa::generate(
+            td(),
+            EcKey::generate().unwrap(),
+            7,
+            NOW,
+            CertNames::Consul1_10,
+        )
+        .unwrap();
+        let root = parse(&ca.root().der);
+        let (cn, _) = only_cn(root.subject());
+        let uid = cn
+            .strip_prefix("pri-")
+            .and_then(|r| r.strip_suffix(".consul.ca.11111111.consul"))
+            .unwrap_or_else(|| panic!("{cn}"));
+        assert!(
+            (1..=8).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{cn}"
+        );
+        let pem = ca
+            .sign_leaf(&service("web"), &EcKey::generate().unwrap(), 8, NOW, TTL)
+            .unwrap();
+        let der = cert_der(&pem);
+        assert_eq!(
+            only_cn(parse(&der).subject()).0,
+            "web.svc.default.11111111.consul"
+        );
+        let long = "a".repeat(60);
+        let cn = CertNames::Consul1_10.leaf(&service(&long));
+        assert_eq!(
+            cn,
+            format!("{}.svc.default.11111111.consul", "a".repeat(36))
+        );
+        assert_eq!(cn.len(), 64);
+        assert_eq!(
+            shorten_service_and_namespace(&"s".repeat(40), &"n".repeat(40)),
+            ("s".repeat(21).as_str(), "n".repeat(22).as_str())
+        );
+    }
+
+    /// A secondary datacenter's intermediate as `wan_dc2_intermediate.txt` shows it, and its
+    /// leaves verifying through it (`wan_verify.txt`).
+    #[test]
+    fn intermediate_profile_and_chain() {
+        let scratch = Scratch::new("intermediate");
+        let primary = BuiltinCa::generate(
+            td(),
+            EcKey::generate().unwrap(),
+            7,
+            NOW,
+            CertNames::Consul1_10,
+        )
+        .unwrap();
+        let key = EcKey::generate().unwrap();
+        let cn = CertNames::Consul1_10.ca(9, &td(), false);
+        let year = std::time::Duration::from_secs(8760 * 3600);
+        let pem = primary
+            .sign_intermediate(key.subject_public_key_info(), &cn, 9, NOW, year)
+            .unwrap();
+        let der = cert_der(&pem);
+        let cert = parse(&der);
+        assert_eq!(only_cn(cert.subject()).0, cn);
+        assert!(cn.starts_with("sec-"), "{cn}");
+        assert_eq!(
+            cert.issuer().as_raw(),
+            parse(&primary.root().der).subject().as_raw()
+        );
+        assert_eq!(basic_constraints(&cert), (true, Some(0)));
+        assert_eq!(key_usage(&cert), CA_KEY_USAGES);
+        assert_eq!(san_uris(&cert), [format!("spiffe://{TD}")]);
+        assert_eq!(ski(&cert), key.key_id());
+        assert_eq!(aki(&cert), primary.key.key_id());
+        let not_before = cert.validity().not_before.to_datetime();
+        assert_eq!(not_before, NOW_WHOLE - BACKDATE);
+        assert_eq!(
+            cert.validity().not_after.to_datetime(),
+            not_before + Duration::days(365)
+        );
+
+        let secondary = BuiltinCa::from_parts(td(), &pem, key)
+            .unwrap()
+            .with_cert_names(CertNames::Consul1_10);
+        assert_eq!(secondary.root().signing_key_id, colon_hex(&ski(&cert)));
+        let dc2_web = ServiceId::new(td(), "default", "dc2", "web").unwrap();
+        let leaf = secondary
+            .sign_leaf(&dc2_web, &EcKey::generate().unwrap(), 10, NOW, TTL)
+            .unwrap();
+        let leaf_der = cert_der(&leaf);
+        assert_eq!(aki(&parse(&leaf_der)), ski(&cert));
+        let root_pem = &primary.root().pem;
+        verify_both_purposes(&scratch, root_pem, Some(&pem), &leaf, NOW).unwrap();
+        assert!(verify(&scratch, root_pem, None, &leaf, NOW, "sslserver").is_err());
+        verify(&scratch, root_pem, None, &pem, NOW, "any").unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@ use consul_connect_types::spiffe::ServiceId;
 
 use crate::ca::CaError;
 use crate::clock::Clock;
+use crate::state::csr_limit::{CsrLimiter, CsrLimits};
 use crate::state::leaf::IssuedLeaf;
 use crate::state::{Blocking, Inner, Store, Table};
 
@@ -261,9 +262,23 @@ pub struct ConnectCache {
     store: Arc<Store>,
     settings: CacheSettings,
     roots: TypedCache<Partition, CaRootList>,
-    leaves: TypedCache<(Partition, String), IssuedLeaf>,
+    leaves: TypedCache<(Partition, String), LeafFill>,
+    /// The CA's limit on new leaves (`CSRMaxPerSecond`/`CSRMaxConcurrent`).
+    csr: Arc<CsrLimiter>,
     matches: TypedCache<(Partition, String), Vec<Intention>>,
     listings: TypedCache<(Partition, String), Timed>,
+}
+
+/// What a leaf entry holds: the leaf, or why its first issuance was refused.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per entry, behind an `Arc`
+pub enum LeafFill {
+    /// The current leaf.
+    Issued(IssuedLeaf),
+    /// The first signing hit the CA's CSR limit: the reader gets 429 and the entry is
+    /// dropped, so the next read tries again (Consul's leaf cache type returns the error of a
+    /// first fetch to the caller instead of blocking).
+    RateLimited,
 }
 
 /// A `?cached` answer body.
@@ -276,6 +291,8 @@ pub enum CachedBody {
     Health(Vec<consul_connect_types::api::ServiceEntry>),
     /// `/v1/query/:id/execute`.
     Query(consul_connect_types::api::PreparedQueryResult),
+    /// A catalog or health listing in the emulated version's shape.
+    View(serde_json::Value),
 }
 
 /// A cached body and when it was fetched (for `Age` and `Cache-Control: max-age`).
@@ -295,6 +312,7 @@ impl ConnectCache {
             settings,
             roots: TypedCache::default(),
             leaves: TypedCache::default(),
+            csr: Arc::default(),
             matches: TypedCache::default(),
             listings: TypedCache::default(),
         }
@@ -366,16 +384,30 @@ impl ConnectCache {
     }
 
     /// The leaf entry of `id` in a partition: issued on first use, renewed at its renewal
-    /// point, re-issued within the jitter window after a root rotation.
-    pub fn leaf(&self, part: &Partition, id: &ServiceId) -> Lookup<IssuedLeaf> {
+    /// point, re-issued within the jitter window after a root rotation. Every signing passes
+    /// the CA's CSR limit.
+    pub fn leaf(&self, part: &Partition, id: &ServiceId) -> Lookup<LeafFill> {
         let store = self.store.clone();
+        let csr = self.csr.clone();
         let id = id.clone();
         let jitter = self.settings.rotation_jitter;
         let key = (part.clone(), id.service().to_owned());
         self.leaves
             .lookup(&key, self.store.clock().now(), move |tx| {
-                tokio::spawn(refresh_leaf(store, id, jitter, tx))
+                tokio::spawn(refresh_leaf(store, csr, id, jitter, tx))
             })
+    }
+
+    /// Drops the leaf entry of `service` if its first issuance was refused, so the next read
+    /// asks for a new one.
+    pub fn forget_refused_leaf(&self, part: &Partition, service: &str) {
+        let key = (part.clone(), service.to_owned());
+        let refused = self.leaves.peek(&key, |v| {
+            v.is_some_and(|(_, fill)| matches!(**fill, LeafFill::RateLimited))
+        });
+        if refused == Some(true) {
+            self.leaves.remove(&key);
+        }
     }
 
     /// The intentions matching `target` as a destination, in evaluation order.
@@ -486,21 +518,53 @@ async fn follow<V: Send + Sync + 'static>(
 }
 
 /// Issues the leaf, then re-issues it at its renewal point or, after a root rotation, at a
-/// random point within the jitter window.
+/// random point within the jitter window. A signing refused by the CSR limit ends a first
+/// issuance (the reader gets 429); a refused renewal keeps the current leaf and tries again
+/// in a later jitter window, as Consul's leaf cache does.
 async fn refresh_leaf(
     store: Arc<Store>,
+    csr: Arc<CsrLimiter>,
     id: ServiceId,
     jitter: Duration,
-    tx: watch::Sender<Versioned<IssuedLeaf>>,
+    tx: watch::Sender<Versioned<LeafFill>>,
 ) {
     let clock = store.clock().clone();
     let mut failures = 0u32;
+    let mut refused = 0u32;
+    let mut have_leaf = false;
     loop {
+        let limits = store.read(|inner| CsrLimits::from_config(inner.ca.stored_config()));
+        let admission = match csr.admit(limits, clock.now()).await {
+            Ok(admission) => admission,
+            Err(e) if !have_leaf => {
+                tracing::info!(service = %id, error = %e, "first leaf refused by the CSR limit");
+                tx.send_replace(Some((0, Arc::new(LeafFill::RateLimited))));
+                return;
+            }
+            Err(e) => {
+                refused += 1;
+                tracing::info!(service = %id, error = %e, refused, "leaf renewal refused by the CSR limit; keeping the current leaf");
+                let window = jitter.max(MIN_RETRY_WINDOW);
+                let retry_at = clock.now() + window * refused.min(10) + random_below(window);
+                sleep_until(clock.as_ref(), retry_at).await;
+                continue;
+            }
+        };
+        if let Some(start) = admission.not_before {
+            // The slot is reserved on the store's clock; the wait ends when either that clock
+            // or the wall clock gets there, so a stopped test clock cannot hold it forever.
+            let wall = (start - clock.now()).try_into().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wall) => {}
+                _ = sleep_until(clock.as_ref(), start) => {}
+            }
+        }
         // Taken before the order, so a rotation after it still wakes the loop below.
         let mut roots_index = store.current_index(Table::Roots);
         let issued = store
             .write(|inner, _, _| Ok::<_, CaError>(inner.leaf_order()))
             .and_then(|order| order.issue(&id, clock.now()));
+        drop(admission);
         let leaf = match issued {
             Ok(leaf) => leaf,
             Err(e) => {
@@ -511,10 +575,15 @@ async fn refresh_leaf(
             }
         };
         failures = 0;
+        refused = 0;
+        have_leaf = true;
         // Keep only what renewal needs; the entry holds the one copy of the leaf.
         let mut reissue_at = leaf.renew_at;
         let signing_key_id = leaf.signing_key_id.clone();
-        tx.send_replace(Some((leaf.cert.modify_index, Arc::new(leaf))));
+        tx.send_replace(Some((
+            leaf.cert.modify_index,
+            Arc::new(LeafFill::Issued(leaf)),
+        )));
         loop {
             tokio::select! {
                 _ = sleep_until(clock.as_ref(), reissue_at) => break,
@@ -530,6 +599,9 @@ async fn refresh_leaf(
         }
     }
 }
+
+/// The shortest window between retries of a renewal the CSR limit refused.
+const MIN_RETRY_WINDOW: Duration = Duration::from_millis(100);
 
 fn random_below(max: Duration) -> Duration {
     use rand::Rng;

@@ -14,6 +14,7 @@ pub mod ca;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod federation;
 mod hcl;
 pub mod http;
 pub mod intentions;

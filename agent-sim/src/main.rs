@@ -47,6 +47,13 @@ struct Cli {
     /// Datacenter name.
     #[arg(long, default_value = "dc1")]
     datacenter: String,
+    /// The primary datacenter (Consul's `primary_datacenter`); with --join-wan, this agent
+    /// is a secondary datacenter of it.
+    #[arg(long, requires = "join_wan")]
+    primary_datacenter: Option<String>,
+    /// HTTP address (`host:port`) of the primary datacenter's agent-sim to join.
+    #[arg(long, requires = "primary_datacenter")]
+    join_wan: Option<String>,
     /// Node name.
     #[arg(long, default_value = "agent-sim")]
     node_name: String,
@@ -255,6 +262,9 @@ async fn main() -> ExitCode {
     }
     if let Some(dir) = cli.data_dir {
         builder = builder.data_dir(dir);
+    }
+    if let (Some(primary), Some(addr)) = (cli.primary_datacenter, cli.join_wan) {
+        builder = builder.join_wan(primary, &addr);
     }
     if cli.acl_enabled || file.enabled == Some(true) {
         let policy = cli.acl_default_policy.or(file.default_policy);

@@ -16,6 +16,7 @@
 use std::fmt;
 
 use crate::acl_versions::AclRules;
+use crate::ca::CertNames;
 use std::str::FromStr;
 
 use consul_connect_types::intentions::Wording;
@@ -117,6 +118,18 @@ pub enum IntentionShape {
     Consul1_9,
 }
 
+/// The shape of service, catalog and health bodies (applied by `http::shapes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceShape {
+    /// As the types crate writes them (`ProxyDestination`, no tagged service addresses).
+    Consul1_4,
+    /// 1.10: service `TaggedAddresses` (`lan_ipv4`/`wan_ipv4` from an IP address), node
+    /// `lan_ipv4`/`wan_ipv4`, `Proxy` with `Mode`/`MeshGateway`/`Expose`, no
+    /// `ProxyDestination`, check `Type`/`Interval`/`Timeout`/`ExposedPort`, agent services
+    /// with `Datacenter`, catalog services with `ServiceSocketPath`.
+    Consul1_10,
+}
+
 /// Everything that differs between two emulated versions: body shapes, texts, headers.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -129,6 +142,8 @@ pub struct Profile {
     pub multierror: MultiError,
     /// Intention JSON.
     pub intention_shape: IntentionShape,
+    /// Service, catalog and health JSON.
+    pub service_shape: ServiceShape,
     /// Intentions are stored as `service-intentions` config entries, and `/v1/config` and
     /// `/v1/connect/intentions/exact` serve them (1.9+).
     pub config_entries: bool,
@@ -140,8 +155,8 @@ pub struct Profile {
     pub match_query_meta: bool,
     /// Leaf reads without `?index` revalidate: `X-Cache: MISS` every time (1.10).
     pub leaf_reads_revalidate: bool,
-    /// `Name` of a root made by the built-in CA.
-    pub ca_root_name: &'static str,
+    /// The built-in CA: names, fields, defaults, texts.
+    pub ca: CaProfile,
     /// The lookup named in the 400 for an intention ID that is not a UUID.
     pub intention_lookup: &'static str,
     /// 400 for an authorize `ClientCertURI` that is a SPIFFE ID but not a service's (1.4
@@ -151,8 +166,49 @@ pub struct Profile {
     pub leaf_without_name: &'static str,
     /// 500 prefix for deleting an unknown intention ID (the quoted ID follows).
     pub delete_missing_intention: &'static str,
+    /// Namespaces are an Enterprise feature the OSS agent refuses: `?ns=` and
+    /// `X-Consul-Namespace` on the endpoints that read them (400), a non-default namespace in
+    /// an intention check (500) (1.7+; 1.4 ignores them).
+    pub refuses_namespaces: bool,
+    /// Intention update and CA configuration decode errors are typed bad requests, written
+    /// `Bad request: Request decode failed: …` (1.10); 1.4 wrote them without the prefix.
+    pub decode_errors_prefixed: bool,
+    /// Health reads with `?cached` or `?index` use the streaming backend:
+    /// `X-Consul-Query-Backend: streaming` and `X-Consul-KnownLeader: false` (1.10 dev agent).
+    pub health_streaming: bool,
+    /// A refused agent write (register, deregister, check update) names what is missing:
+    /// `Permission denied: Missing service:write on web` (1.10); 1.4 said `Permission denied`.
+    pub denials_name_permission: bool,
+    /// `GET /v1/agent/self` as this version's dev agent answered it (`src/agent_self/`):
+    /// agent-sim fills in its own node, datacenter, version and ACL settings.
+    pub agent_self: &'static str,
     /// The ACL decisions that changed between versions.
     pub acl: AclRules,
+}
+
+/// What the built-in CA does differently between versions.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CaProfile {
+    /// `Name` of a root made by the built-in CA.
+    pub root_name: &'static str,
+    /// Common names of roots, intermediates and leaves.
+    pub cert_names: CertNames,
+    /// Roots carry `PrivateKeyType` and `PrivateKeyBits` (1.10).
+    pub root_key_fields: bool,
+    /// The CA configuration carries `State` and `ForceWithoutCrossSigning` (1.10).
+    pub config_state_fields: bool,
+    /// The provider settings of a fresh agent.
+    pub default_config: &'static [(&'static str, &'static str)],
+    /// `GET /v1/connect/ca/configuration` shows a configured `PrivateKey` as is (1.10), not
+    /// as `hidden` (1.4).
+    pub private_key_shown: bool,
+    /// 500 text for a `LeafCertTTL` under 1 h.
+    pub leaf_ttl_too_short: &'static str,
+    /// 500 text for a `LeafCertTTL` over a year.
+    pub leaf_ttl_too_long: &'static str,
+    /// `GET /v1/connect/ca/roots?pem=true` answers a PEM chain (1.10); 1.4 ignores `pem`.
+    pub pem_roots: bool,
 }
 
 /// Consul 1.4.5, as `tests/data/consul-1.4.5` captured it.
@@ -162,16 +218,32 @@ pub static CONSUL_1_4_5: Profile = Profile {
     wording: Wording::Consul1_4,
     multierror: MultiError::V0,
     intention_shape: IntentionShape::Consul1_4,
+    service_shape: ServiceShape::Consul1_4,
     config_entries: false,
     default_acl_policy_header: false,
     query_backend_header: false,
     match_query_meta: false,
     leaf_reads_revalidate: false,
-    ca_root_name: "Consul CA Root Cert",
+    ca: CaProfile {
+        root_name: "Consul CA Root Cert",
+        cert_names: CertNames::Consul1_4,
+        root_key_fields: false,
+        config_state_fields: false,
+        default_config: &[("LeafCertTTL", "72h"), ("RotationPeriod", "2160h")],
+        private_key_shown: false,
+        leaf_ttl_too_short: "leaf cert TTL must be greater than 1h",
+        leaf_ttl_too_long: "leaf cert TTL must be less than 1 year",
+        pem_roots: false,
+    },
     intention_lookup: "failed intention lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Connect identifier",
     leaf_without_name: "SPIFFE ID is not in the expected format",
     delete_missing_intention: "Cannot modify non-existent intention",
+    refuses_namespaces: false,
+    decode_errors_prefixed: false,
+    health_streaming: false,
+    denials_name_permission: false,
+    agent_self: include_str!("agent_self/consul-1.4.5.json"),
 };
 
 /// Consul 1.10.9, as `tests/data/consul-1.10.9` captured it.
@@ -181,16 +253,32 @@ pub static CONSUL_1_10_9: Profile = Profile {
     wording: Wording::Consul1_9,
     multierror: MultiError::V1,
     intention_shape: IntentionShape::Consul1_9,
+    service_shape: ServiceShape::Consul1_10,
     config_entries: true,
     default_acl_policy_header: true,
     query_backend_header: true,
     match_query_meta: true,
     leaf_reads_revalidate: true,
-    ca_root_name: "Consul CA Primary Cert",
+    ca: CaProfile {
+        root_name: "Consul CA Primary Cert",
+        cert_names: CertNames::Consul1_10,
+        root_key_fields: true,
+        config_state_fields: true,
+        default_config: &[("IntermediateCertTTL", "8760h"), ("LeafCertTTL", "72h")],
+        private_key_shown: true,
+        leaf_ttl_too_short: "leaf cert TTL must be greater or equal than 1h0m0s",
+        leaf_ttl_too_long: "leaf cert TTL must be less than 8760h0m0s",
+        pem_roots: true,
+    },
     intention_lookup: "failed config entry lookup",
     authorize_not_service_uri: "ClientCertURI not a valid Service identifier",
     leaf_without_name: "URI must be either service or agent",
     delete_missing_intention: "Cannot delete non-existent intention",
+    refuses_namespaces: true,
+    decode_errors_prefixed: true,
+    health_streaming: true,
+    denials_name_permission: true,
+    agent_self: include_str!("agent_self/consul-1.10.9.json"),
 };
 
 #[cfg(test)]

@@ -24,23 +24,18 @@ const GLOBAL_MANAGEMENT: &str = "00000000-0000-0000-0000-000000000001";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cell_matches_consul_1_4_5() {
     let expected = load("consul-1.4.5.json");
-    let cells = run(ConsulVersion::V1_4_5, &expected, Requests::All).await;
+    let cells = run(ConsulVersion::V1_4_5, &expected).await;
     assert_eq!(cells.len(), 800, "20 token kinds x 40 requests");
     compare(&expected, &cells);
 }
 
-/// In 1.10.9 mode, the version-dependent decisions (CA configuration, intention reads)
-/// match Consul 1.10.9. The rest of the 1.10.9 matrix needs its error texts and endpoints.
+/// `ask` with every token kind, in 1.10.9 mode, the 1.9+ endpoints (intentions/exact, config
+/// entries) included: no cell may differ from Consul 1.10.9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_dependent_cells_match_consul_1_10_9() {
+async fn every_cell_matches_consul_1_10_9() {
     let expected = load("consul-1.10.9.json");
-    let cells = run(
-        ConsulVersion::V1_10_9,
-        &expected,
-        Requests::VersionDependent,
-    )
-    .await;
-    assert_eq!(cells.len(), 20 * 4);
+    let cells = run(ConsulVersion::V1_10_9, &expected).await;
+    assert_eq!(cells.len(), 940, "20 token kinds x 47 requests");
     compare(&expected, &cells);
 }
 
@@ -155,15 +150,7 @@ fn compare(expected: &Expected, got: &[Cell]) {
     );
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Requests {
-    /// The whole 1.4.5 matrix.
-    All,
-    /// Only the requests whose decisions differ by version and are decided by `AclRules`.
-    VersionDependent,
-}
-
-async fn run(version: ConsulVersion, expected: &Expected, which: Requests) -> Vec<Cell> {
+async fn run(version: ConsulVersion, expected: &Expected) -> Vec<Cell> {
     let agent = Agent::builder()
         .node_name("node1")
         .acl(DefaultPolicy::Deny)
@@ -179,6 +166,8 @@ async fn run(version: ConsulVersion, expected: &Expected, which: Requests) -> Ve
         cells: Vec::new(),
         query_id: String::new(),
         ca_config: Value::Null,
+        // As the harness: the 1.9+ endpoints are asked where they exist.
+        extended: version.profile().config_entries,
     };
     for (name, rules, status, body) in &expected.probes {
         let policy = json!({"Name": format!("probe-{name}"), "Rules": rules}).to_string();
@@ -190,19 +179,16 @@ async fn run(version: ConsulVersion, expected: &Expected, which: Requests) -> Ve
             Some(&policy),
         )
         .await;
-        // The 1.10.9 texts name Go types of their own; only 1.4.5's are emulated.
-        if which == Requests::All {
-            let got_body = if got.0 == 200 { "<policy>" } else { &got.1 };
-            assert_eq!(
-                (got.0, got_body),
-                (*status, body.as_str()),
-                "policy {rules}"
-            );
-        }
+        let got_body = if got.0 == 200 { "<policy>" } else { &got.1 };
+        assert_eq!(
+            (got.0, got_body),
+            (*status, body.as_str()),
+            "policy {rules}"
+        );
     }
     m.setup(&expected.kinds).await;
     for (kind, _) in &expected.kinds {
-        m.run_token(kind, which).await;
+        m.run_token(kind).await;
     }
     agent.shutdown().await;
     m.cells
@@ -217,6 +203,8 @@ struct Matrix {
     cells: Vec<Cell>,
     query_id: String,
     ca_config: Value,
+    /// Whether the 1.9+ endpoints are asked.
+    extended: bool,
 }
 
 const WEB: &str = r#"{"ID":"web","Name":"web","Port":8080,"Connect":{"Native":true}}"#;
@@ -326,6 +314,24 @@ impl Matrix {
         let id = match found {
             Some(x) => x["ID"].as_str().unwrap().to_owned(),
             None => {
+                if self.extended {
+                    let _ = call(
+                        self.addr,
+                        "DELETE",
+                        "/v1/config/service-intentions/db",
+                        Some(MANAGEMENT),
+                        None,
+                    )
+                    .await;
+                    let _ = call(
+                        self.addr,
+                        "DELETE",
+                        "/v1/connect/intentions/exact?source=web&destination=db",
+                        Some(MANAGEMENT),
+                        None,
+                    )
+                    .await;
+                }
                 let body = json!({"SourceName": "web", "DestinationName": "db", "Action": "allow"});
                 let got = self
                     .mgmt("POST", "/v1/connect/intentions", Some(&body.to_string()))
@@ -420,55 +426,8 @@ impl Matrix {
         .await;
     }
 
-    async fn get_as(
-        &mut self,
-        t: &str,
-        request: &str,
-        path: String,
-        listing: Option<&str>,
-        fields: &[&str],
-    ) {
-        self.ask(t, request, "GET", &path, None, listing, fields)
-            .await;
-    }
-
-    async fn run_token(&mut self, t: &str, which: Requests) {
+    async fn run_token(&mut self, t: &str) {
         let base_id = self.base_intention_id().await;
-        if which == Requests::VersionDependent {
-            self.get_as(
-                t,
-                "GET /v1/connect/ca/configuration",
-                "/v1/connect/ca/configuration".into(),
-                None,
-                &["Provider"],
-            )
-            .await;
-            self.get_as(
-                t,
-                "GET /v1/connect/intentions",
-                "/v1/connect/intentions".into(),
-                Some("intentions"),
-                &[],
-            )
-            .await;
-            self.get_as(
-                t,
-                "GET /v1/connect/intentions/{id of web->db}",
-                format!("/v1/connect/intentions/{base_id}"),
-                Some("intentions"),
-                &[],
-            )
-            .await;
-            self.get_as(
-                t,
-                "GET /v1/connect/intentions/exact?source=web&destination=db",
-                "/v1/connect/intentions/exact?source=web&destination=db".into(),
-                Some("intentions"),
-                &[],
-            )
-            .await;
-            return;
-        }
         let td = self
             .known
             .iter()
@@ -605,6 +564,29 @@ impl Matrix {
             .await;
         self.get(t, "/v1/acl/tokens", Some("tokens"), &[]).await;
         self.get(t, "/v1/acl/policies", Some("policies"), &[]).await;
+        if self.extended {
+            self.get(
+                t,
+                "/v1/connect/intentions/exact?source=web&destination=db",
+                Some("intentions"),
+                &[],
+            )
+            .await;
+            self.get(
+                t,
+                "/v1/config/service-intentions",
+                Some("config_entries"),
+                &[],
+            )
+            .await;
+            self.get(
+                t,
+                "/v1/config/service-intentions/db",
+                None,
+                &["Kind", "Name"],
+            )
+            .await;
+        }
 
         // Intention writes, each on its own intention.
         let body =
@@ -662,6 +644,10 @@ impl Matrix {
                 )
                 .await;
             }
+        }
+
+        if self.extended {
+            self.config_writes(t).await;
         }
 
         // Agent writes; the fixtures are restored afterwards.
@@ -763,6 +749,76 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// The 1.9+ writes: exact PUT and DELETE of `e-<kind>` -> db, then the db entry written
+    /// back unchanged and deleted; web -> db is re-created afterwards.
+    async fn config_writes(&mut self, t: &str) {
+        let q = format!("/v1/connect/intentions/exact?source=e-{t}&destination=db");
+        let allow = r#"{"Action":"allow"}"#;
+        self.ask(
+            t,
+            "PUT /v1/connect/intentions/exact?source=new&destination=db",
+            "PUT",
+            &q,
+            Some(allow),
+            None,
+            &[],
+        )
+        .await;
+        let _ = call(self.addr, "PUT", &q, Some(MANAGEMENT), Some(allow)).await;
+        self.ask(
+            t,
+            "DELETE /v1/connect/intentions/exact?source=tmp&destination=db",
+            "DELETE",
+            &q,
+            None,
+            None,
+            &[],
+        )
+        .await;
+        let _ = call(self.addr, "DELETE", &q, Some(MANAGEMENT), None).await;
+        let (status, raw) = call(
+            self.addr,
+            "GET",
+            "/v1/config/service-intentions/db",
+            Some(MANAGEMENT),
+            None,
+        )
+        .await;
+        let entry = if status == 200 {
+            let mut entry: Value = serde_json::from_str(&raw).unwrap();
+            let map = entry.as_object_mut().unwrap();
+            map.remove("CreateIndex");
+            map.remove("ModifyIndex");
+            entry
+        } else {
+            json!({"Kind": "service-intentions", "Name": "db",
+                   "Sources": [{"Name": "web", "Action": "allow"}]})
+        };
+        self.ask(
+            t,
+            "PUT /v1/config (service-intentions db, unchanged)",
+            "PUT",
+            "/v1/config",
+            Some(&entry.to_string()),
+            None,
+            &[],
+        )
+        .await;
+        self.ask(
+            t,
+            "DELETE /v1/config/service-intentions/db",
+            "DELETE",
+            "/v1/config/service-intentions/db",
+            None,
+            None,
+            &[],
+        )
+        .await;
+        self.base_intention_id().await;
+    }
+}
+
 /// The items of a listing, as the harness names them.
 fn names_of(kind: &str, j: &Value) -> Option<Vec<String>> {
     let s = |v: &Value| v.as_str().map_or("?".to_owned(), str::to_owned);
@@ -775,6 +831,11 @@ fn names_of(kind: &str, j: &Value) -> Option<Vec<String>> {
             .map(|x| s(&x["Service"]["ID"]))
             .collect(),
         "queries" | "policies" => j.as_array()?.iter().map(|x| s(&x["Name"])).collect(),
+        "config_entries" => j
+            .as_array()?
+            .iter()
+            .map(|x| format!("{}/{}", s(&x["Kind"]), s(&x["Name"])))
+            .collect(),
         "tokens" => j.as_array()?.iter().map(|x| s(&x["Description"])).collect(),
         "roots" => vec![format!(
             "roots:{}",

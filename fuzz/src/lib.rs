@@ -182,6 +182,8 @@ fn build() -> Fixture {
             root_cert: ca.pem(),
             intermediate_certs: None,
             active: true,
+            private_key_type: None,
+            private_key_bits: None,
             create_index: 1,
             modify_index: 1,
         }],

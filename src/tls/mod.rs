@@ -43,7 +43,7 @@ pub use config::{
 };
 pub use material::{verify_client, verify_peer, verify_server, Material, MaterialCell};
 pub use refusal::recording_refusals;
-pub(crate) use refusal::refuse_after_handshake;
+pub(crate) use refusal::{final_records, refuse_after_handshake};
 pub use verify::{
     peer_identity, ExpectedServer, HandshakeAuthorizer, PeerIdentity, PeerRole, VerifyError,
 };
@@ -171,6 +171,8 @@ mod tests {
             root_cert: pem.to_owned(),
             intermediate_certs: None,
             active: true,
+            private_key_type: None,
+            private_key_bits: None,
             create_index: 1,
             modify_index: 1,
         }

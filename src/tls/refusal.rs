@@ -91,22 +91,31 @@ pub(crate) async fn refuse_after_handshake<IO>(
 ) where
     IO: AsyncWrite + Unpin,
 {
-    let (mut io, mut conn) = stream.into_inner();
-    let mut pending = Vec::new();
-    while conn.wants_write() {
-        if conn.write_tls(&mut pending).is_err() {
-            break;
-        }
-    }
-    let record = sealed_alert(conn, alert);
+    let (mut io, conn) = stream.into_inner();
+    let records = final_records(conn, alert);
     let close = async {
-        io.write_all(&pending).await?;
-        if let Some(record) = &record {
-            io.write_all(record).await?;
-        }
+        io.write_all(&records).await?;
         io.shutdown().await
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
+}
+
+/// The last bytes to send on an established connection refused with `alert`: what rustls
+/// still holds for the peer, then the sealed alert (TLS 1.3) or `close_notify`.
+pub(crate) fn final_records(
+    mut conn: rustls::ServerConnection,
+    alert: AlertDescription,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        if conn.write_tls(&mut out).is_err() {
+            break;
+        }
+    }
+    if let Some(record) = sealed_alert(conn, alert) {
+        out.extend_from_slice(&record);
+    }
+    out
 }
 
 /// A TLS 1.3 record holding the fatal `alert`, sealed with the connection's transmit key, or

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Interop check: drives a Consul agent (agent-sim, or a real Consul) with py-consul 1.8.
 
-    CONSUL_HTTP_ADDR=127.0.0.1:8500 .venv/bin/python tests/py/py_consul_check.py
+    CONSUL_HTTP_ADDR=127.0.0.1:8500 CONSUL_EXPECT_VERSION=1.10.9 .venv/bin/python tests/py/py_consul_check.py
 
 Covers what a Connect-native Python service does: register with Connect.Native, list agent
 services, CA roots (agent and server), its leaf certificate, Connect discovery (health and
@@ -12,9 +12,15 @@ Prints one line per check (`PASS name: detail` / `FAIL name: what differed`, a f
 by the HTTP exchanges py-consul made for it) and ends with exactly `N passed, M failed`. Exits 1
 if any check failed. `note:` lines record where py-consul itself departs from Consul.
 
-The expected answers are real Consul's: Consul 1.4.5 (the captures in tests/data/consul-1.4.5
-and the spec) and, for the `exact` intentions API that 1.4.5 lacks, the later hashicorp/consul
-source (agent/intentions_endpoint.go, agent/http.go).
+The expected answers are real Consul's, of the version CONSUL_EXPECT_VERSION names (required):
+- 1.4.5: the captures in tests/data/consul-1.4.5 and the spec and, for the `exact` intentions
+  API that 1.4.5 lacks, the later hashicorp/consul source (agent/intentions_endpoint.go,
+  agent/http.go).
+- 1.10.9: the captures in tests/data/consul-1.10.9 (its README lists the differences; capture
+  names are cited as `m03` etc.) and, where none exists, Consul v1.10.9's source. Intentions live
+  in `service-intentions` config entries there: no ID or timestamps, the entry's indexes, and
+  `Meta` refused on an update (which py-consul's `upsert(meta=...)` sends).
+Checks whose expectations differ run once per version (`@check(name, only=...)`).
 
 Optional environment: CONSUL_CHECK_TRUST_DOMAIN and CONSUL_CHECK_DATACENTER pin the values the
 agent must report.
@@ -72,7 +78,19 @@ def agent_address() -> tuple[str, int]:
     return parsed.hostname, parsed.port
 
 
+def expected_version() -> str:
+    version = os.environ.get("CONSUL_EXPECT_VERSION", "")
+    if version not in VERSIONS:
+        print(f"FAIL setup: CONSUL_EXPECT_VERSION={version!r}; want one of {', '.join(VERSIONS)}")
+        print("0 passed, 1 failed")
+        sys.exit(1)
+    return version
+
+
+VERSIONS = ("1.4.5", "1.10.9")
 HOST, PORT = agent_address()
+VERSION = expected_version()
+V1_10 = VERSION == "1.10.9"
 c = consul.Consul(host=HOST, port=PORT)
 
 
@@ -160,9 +178,14 @@ NOTES: list[str] = []
 STATE: dict = {}
 
 
-def check(name: str):
+def check(name: str, only: str | None = None):
+    """Runs the decorated check now; with `only`, just when that is the expected version."""
+    assert only in (None, *VERSIONS), only
+
     def run(fn):
         global PASSED, FAILED
+        if only is not None and only != VERSION:
+            return fn
         start = len(EXCHANGES)
         try:
             detail = fn()
@@ -305,6 +328,8 @@ PEM_CERT = re.compile(r"\A-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+\n-----E
 PEM_EC_KEY = re.compile(r"\A-----BEGIN EC PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+\n-----END EC PRIVATE KEY-----\n?\Z")
 UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 ALLOWED_BY_DEFAULT = "ACLs disabled, access is allowed by default"
+# The built-in CA's root `Name` (1.10.9 capture 04: `Consul CA Primary Cert`).
+ROOT_NAME = "Consul CA Primary Cert" if V1_10 else "Consul CA Root Cert"
 INTENTION_FIELDS = {
     "ID", "Description", "SourceNS", "SourceName", "DestinationNS", "DestinationName",
     "SourceType", "Action", "DefaultAddr", "DefaultPort", "Meta", "Precedence",
@@ -324,7 +349,15 @@ def authorize_post(target: str, uri: str, serial: str) -> dict:
     )
 
 
-def reason(action: str, source: str, dest: str, ixn_id: str, precedence: int) -> str:
+def reason(action: str, source: str, dest: str, ixn_id: str | None, precedence: int) -> str:
+    if V1_10:
+        # 1.10.9 agent/connect_auth.go + Intention.String(): `ID: ` only for an intention that
+        # has one; config-entry intentions have none (captures m06, m17, m19).
+        id_part = f"ID: {ixn_id}, " if ixn_id else ""
+        return (
+            f"Matched L4 intention: default/{source} => default/{dest} "
+            f"({id_part}Precedence: {precedence}, Action: {action.upper()})"
+        )
     return (
         f"Matched intention: {action.upper()} default/{source} => default/{dest} "
         f"(ID: {ixn_id}, Precedence: {precedence})"
@@ -348,7 +381,8 @@ def same_intention(what: str, got: dict, want: dict):
 # The checks, in order (later ones build on the state earlier ones leave)
 # ---------------------------------------------------------------------------------------------
 
-print(f"py-consul against http://{HOST}:{PORT} (cryptography installed: {HAVE_CRYPTOGRAPHY})")
+print(f"py-consul against http://{HOST}:{PORT}, expecting Consul {VERSION}'s answers "
+      f"(cryptography installed: {HAVE_CRYPTOGRAPHY})")  # fmt: skip
 
 
 @check("agent.self")
@@ -362,7 +396,15 @@ def _():
     ok(bool(me["Config"].get("NodeName")), "Config.NodeName is empty")
     STATE["dc"] = dc
     STATE["node"] = me["Config"]["NodeName"]
+    STATE["version"] = me["Config"].get("Version", "")
     return f"dc={dc} node={STATE['node']}"
+
+
+@check("agent.self Config.Version")
+def _():
+    # Captures 51 of both versions: `Config.Version` is the bare version.
+    eq("Config.Version", c.agent.self()["Config"].get("Version"), VERSION)
+    return VERSION
 
 
 @check("connect.ca.roots")
@@ -385,7 +427,7 @@ def _():
     eq("ActiveRootID", roots["ActiveRootID"], active[0]["ID"])
     root = active[0]
     ok(bool(PEM_CERT.match(root["RootCert"])), f"RootCert is not one PEM certificate: {root['RootCert'][:60]!r}")
-    eq("Name", root.get("Name"), "Consul CA Root Cert")
+    eq("Name", root.get("Name"), ROOT_NAME)
     ok(isinstance(root.get("SerialNumber"), int), f"SerialNumber {root.get('SerialNumber')!r} is not a number")
     eq("ExternalTrustDomain", root.get("ExternalTrustDomain"), td[: -len(".consul")])
     cert = parse_cert_pem(root["RootCert"])
@@ -576,7 +618,7 @@ def _():
     return "PUT /v1/connect/intentions/exact?source=web&destination=db -> 200 true"
 
 
-@check("connect.intentions.read web -> db")
+@check("connect.intentions.read web -> db", only="1.4.5")
 def _():
     ixn = c.connect.intentions.read("web", "db")
     ok(isinstance(ixn, dict), f"read returned {ixn!r}")
@@ -594,6 +636,31 @@ def _():
     return f"ID={ixn['ID']} Precedence=9"
 
 
+# A source of a `service-intentions` entry, as 1.10.9 answers it (m03): no ID, no timestamps,
+# no Hash, empty Meta omitted; in struct order.
+EXACT_FIELDS_1_10 = [
+    "Description", "SourceNS", "SourceName", "DestinationNS", "DestinationName", "SourceType",
+    "Action", "Precedence", "CreateIndex", "ModifyIndex",
+]  # fmt: skip
+
+
+@check("connect.intentions.read web -> db", only="1.10.9")
+def _():
+    ixn = c.connect.intentions.read("web", "db")
+    ok(isinstance(ixn, dict), f"read returned {ixn!r}")
+    eq("field names, in order", list(ixn), EXACT_FIELDS_1_10, "capture m03")
+    want = {
+        "SourceNS": "default", "SourceName": "web", "DestinationNS": "default",
+        "DestinationName": "db", "SourceType": "consul", "Action": "allow",
+        "Description": "py-consul allow", "Precedence": 9,
+    }  # fmt: skip
+    for key, value in want.items():
+        eq(key, ixn.get(key), value)
+    eq("CreateIndex == ModifyIndex on create", ixn["CreateIndex"], ixn["ModifyIndex"], "capture m03")
+    STATE["allow"] = ixn
+    return f"no ID (config entry source), Precedence=9, index {ixn['CreateIndex']}"
+
+
 @check("connect.intentions.list (one)")
 def _():
     got = c.connect.intentions.list(dc=STATE["dc"])
@@ -609,7 +676,7 @@ def _():
     return "Allowed=true"
 
 
-@check("connect.intentions.upsert web -> db deny (update in place)")
+@check("connect.intentions.upsert web -> db deny (update in place)", only="1.4.5")
 def _():
     eq("upsert returned", c.connect.intentions.upsert("web", "db", action="deny", description="py-consul deny",
                                                       meta={"origin": "py-consul"}), True)  # fmt: skip
@@ -626,6 +693,50 @@ def _():
     eq("count after update", len(c.connect.intentions.list()), 1)
     STATE["deny"] = ixn
     return f"same ID, ModifyIndex {before['ModifyIndex']} -> {ixn['ModifyIndex']}"
+
+
+META_REFUSED = "Meta must not be specified, or should be unchanged during an update."
+
+
+@check("connect.intentions.upsert web -> db deny with meta (refused on an update)", only="1.10.9")
+def _():
+    try:
+        got = c.connect.intentions.upsert("web", "db", action="deny", description="py-consul deny",
+                                          meta={"origin": "py-consul"})  # fmt: skip
+    except ConsulException as e:
+        ex = last()
+        eq("request body", json.loads(ex.body), {"SourceType": "consul", "Action": "deny",
+                                                 "Description": "py-consul deny", "Meta": {"origin": "py-consul"}})  # fmt: skip
+        eq("answer", (ex.status, ex.answer), (500, META_REFUSED),
+           "capture m11d; 1.10.9 computeApplyChangesUpsert: Meta lives on the config entry")  # fmt: skip
+        eq("py-consul error", str(e), f"500 {META_REFUSED}")
+    else:
+        raise CheckFailed(f"upsert with meta returned {got!r}; Consul 1.10.9 answers 500 {META_REFUSED!r}")
+    # Refused before anything is written (capture m11g after m11d: the entry as m11c left it).
+    eq("intention after the refusal", c.connect.intentions.read("web", "db"), STATE["allow"])
+    NOTES.append(
+        "py-consul 1.8.0 `connect.intentions.upsert(meta=...)` sends `Meta`, which Consul 1.10.9 "
+        "refuses on an existing service-intentions entry unless it equals the entry's Meta (500 "
+        f"`{META_REFUSED}`, capture m11d), and on a new entry 500 `Meta must not be specified` "
+        "(v1.10.9 source). The 1.10.9 checks update without meta instead."
+    )
+    return f"500 {META_REFUSED} (as Consul 1.10.9), intention unchanged"
+
+
+@check("connect.intentions.upsert web -> db deny (update in place)", only="1.10.9")
+def _():
+    eq("upsert returned", c.connect.intentions.upsert("web", "db", action="deny", description="py-consul deny"), True)
+    exact_answer("upsert")
+    ixn = c.connect.intentions.read("web", "db")
+    before = STATE["allow"]
+    eq("field names, in order", list(ixn), EXACT_FIELDS_1_10, "capture m03: no ID, CreatedAt, Meta")
+    eq("Action", ixn["Action"], "deny")
+    eq("Description", ixn["Description"], "py-consul deny")
+    eq("CreateIndex kept", ixn["CreateIndex"], before["CreateIndex"])
+    ok(ixn["ModifyIndex"] > before["ModifyIndex"], f"ModifyIndex {ixn['ModifyIndex']} not > {before['ModifyIndex']}")
+    eq("count after update", len(c.connect.intentions.list()), 1)
+    STATE["deny"] = ixn
+    return f"ModifyIndex {before['ModifyIndex']} -> {ixn['ModifyIndex']}"
 
 
 @check("connect.intentions.check web -> db (deny)")
@@ -646,7 +757,7 @@ def _():
     return "Precedence=8"
 
 
-@check("connect.intentions.match by destination db")
+@check("connect.intentions.match by destination db", only="1.4.5")
 def _():
     got = c.connect.intentions.match("destination", "db")
     eq("request query", urllib.parse.parse_qs(last().query), {"by": ["destination"], "name": ["db"]})
@@ -655,6 +766,20 @@ def _():
     same_intention("db[0]", got["db"][0], STATE["deny"])
     same_intention("db[1]", got["db"][1], STATE["wild"])
     return "web->db (9), *->db (8)"
+
+
+@check("connect.intentions.match by destination db", only="1.10.9")
+def _():
+    got = c.connect.intentions.match("destination", "db")
+    eq("request query", urllib.parse.parse_qs(last().query), {"by": ["destination"], "name": ["db"]})
+    eq("keys", sorted(got), ["db"])
+    eq("order (precedence)", [(i["SourceName"], i["Precedence"]) for i in got["db"]], [("web", 9), ("*", 8)])
+    # Every source carries its entry's indexes: created with web -> db, last modified by * -> db
+    # (captures m15, m16; m52b for a source added later).
+    entry = {"CreateIndex": STATE["allow"]["CreateIndex"], "ModifyIndex": STATE["wild"]["ModifyIndex"]}
+    same_intention("db[0]", got["db"][0], {**STATE["deny"], **entry})
+    same_intention("db[1]", got["db"][1], {**STATE["wild"], **entry})
+    return f"web->db (9), *->db (8), both with the entry's indexes {entry}"
 
 
 @check("connect.intentions.match by source web")
@@ -678,7 +803,7 @@ def _():
     leaf = STATE["leaf"]
     got = authorize_post("db", leaf["ServiceURI"], leaf["SerialNumber"])
     ixn = STATE["deny"]
-    eq("answer", got, {"Authorized": False, "Reason": reason("deny", "web", "db", ixn["ID"], 9)})
+    eq("answer", got, {"Authorized": False, "Reason": reason("deny", "web", "db", ixn.get("ID"), 9)})
     eq("wire form of =>", "=\\u003e" in last().answer, True, "Go's encoder escapes > as \\u003e")
     return got["Reason"]
 
@@ -687,7 +812,7 @@ def _():
 def _():
     got = authorize_post("db", spiffe("api"), "0a:0b")
     ixn = STATE["wild"]
-    eq("answer", got, {"Authorized": True, "Reason": reason("allow", "*", "db", ixn["ID"], 8)})
+    eq("answer", got, {"Authorized": True, "Reason": reason("allow", "*", "db", ixn.get("ID"), 8)})
     return got["Reason"]
 
 

@@ -241,6 +241,8 @@ impl TestCa {
             intermediate_certs: (!intermediates.is_empty())
                 .then(|| intermediates.iter().map(|i| i.pem.clone()).collect()),
             active,
+            private_key_type: None,
+            private_key_bits: None,
             create_index: self.serial,
             modify_index: self.serial,
         }

@@ -105,7 +105,8 @@ async fn create_policy(
         ));
     }
     policy.id.clear();
-    let policy = write(&app, |acl, index, _| acl.set_policy(policy, index))?;
+    let modern = app.acl_rules.modern_rule_errors;
+    let policy = write(&app, |acl, index, _| acl.set_policy(policy, index, modern))?;
     Ok(Json::new(&policy, &query).into_response())
 }
 
@@ -119,7 +120,8 @@ async fn update_policy(
     acl_write(&app, &token)?;
     let mut policy: AclPolicy = decode(&body, POLICY_FIELDS)?;
     policy.id = id;
-    let policy = write(&app, |acl, index, _| acl.set_policy(policy, index))?;
+    let modern = app.acl_rules.modern_rule_errors;
+    let policy = write(&app, |acl, index, _| acl.set_policy(policy, index, modern))?;
     Ok(Json::new(&policy, &query).into_response())
 }
 
@@ -246,14 +248,21 @@ async fn list_tokens(
     token: RequestToken,
     query: Query,
 ) -> Result<Response, ApiError> {
-    acl_read(&app, &token)?;
+    enabled(&app)?;
+    let acl = app.acl(&token)?;
+    require(acl.acl_read())?;
+    // 1.4 listings never carry secrets; 1.9+ ones do, hidden from tokens without acl:write.
+    let secret = |t: &AclToken| match (app.acl_rules.token_list_secrets, acl.acl_write()) {
+        (false, _) => String::new(),
+        (true, true) => t.secret_id.clone(),
+        (true, false) => HIDDEN.to_owned(),
+    };
     let (index, mut list) = app.store.read(|inner| {
         let list: Vec<AclToken> = inner
             .acl
             .tokens()
             .map(|t| AclToken {
-                // Listings never show secrets.
-                secret_id: String::new(),
+                secret_id: secret(t),
                 ..t.clone()
             })
             .collect();

@@ -67,6 +67,9 @@ pub(super) fn routes() -> Router<AppState> {
             allow(put(deregister), "PUT"),
         )
         .route("/v1/agent/services", allow(get(agent_services), "GET"))
+        .route("/v1/agent/service/{id}", allow(get(agent_service), "GET"))
+        .route("/v1/status/leader", allow(get(status_leader), "GET"))
+        .route("/v1/status/peers", allow(get(status_peers), "GET"))
         .route("/v1/agent/self", allow(get(agent_self), "GET"))
         .route("/v1/agent/check/pass/{id}", allow(put(check_pass), "PUT"))
         .route("/v1/agent/check/warn/{id}", allow(put(check_warn), "PUT"))
@@ -111,9 +114,10 @@ async fn register(
     let reg: ServiceRegistration = decode_body(&body, REGISTER_FIELDS)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
     let acl = app.acl(&token)?;
-    require(acl.service_write(&reg.name))?;
+    let profile = app.store.settings().profile();
+    super::require_service_write(&acl, profile, &reg.name)?;
     if let Some(proxy) = reg.proxy.as_ref().filter(|_| reg.kind == "connect-proxy") {
-        require(acl.service_write(&proxy.destination_service_name))?;
+        super::require_service_write(&acl, profile, &proxy.destination_service_name)?;
     }
     let id = if reg.id.is_empty() {
         reg.name.clone()
@@ -139,7 +143,7 @@ async fn register(
             (id, name)
         });
     if let Some((_, name)) = &sidecar {
-        require(acl.service_write(name))?;
+        super::require_service_write(&acl, profile, name)?;
     }
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
@@ -153,11 +157,15 @@ async fn register(
                 .map(|s| s.reg.name.clone())
         };
         let replaced = [
-            Some(id.as_str()),
-            sidecar.as_ref().map(|(id, _)| id.as_str()),
+            Some((id.as_str(), reg.name.as_str())),
+            sidecar
+                .as_ref()
+                .map(|(id, name)| (id.as_str(), name.as_str())),
         ];
-        for name in replaced.into_iter().flatten().filter_map(existing) {
-            require(acl.service_write(&name))?;
+        for (id, new_name) in replaced.into_iter().flatten() {
+            if let Some(name) = existing(id) {
+                super::require_service_write_named(&acl, profile, &name, new_name)?;
+            }
         }
         inner.catalog.register(reg, index, now)?;
         changes.touch(Table::Services);
@@ -172,6 +180,7 @@ async fn deregister(
     token: RequestToken,
 ) -> Result<StatusCode, ApiError> {
     let acl = app.acl(&token)?;
+    let profile = app.store.settings().profile();
     let acls_on = app.store.settings().acl.enabled;
     app.store.write(|inner, _, changes| {
         let name = inner
@@ -181,7 +190,7 @@ async fn deregister(
             .map(|s| s.reg.name.clone());
         match name {
             Some(name) => {
-                require(acl.service_write(&name))?;
+                super::require_service_write(&acl, profile, &name)?;
                 inner.catalog.deregister(&id);
                 changes.touch(Table::Services);
             }
@@ -203,9 +212,70 @@ async fn agent_services(
     let acl = app.acl(&token)?;
     let mut services = app.store.read(|inner| inner.catalog.agent_services());
     services.retain(|_, s| acl.service_read(&s.service));
-    Ok(Json::new(&services, &query).into_response())
+    let settings = app.store.settings();
+    let body =
+        settings
+            .profile()
+            .service_shape
+            .agent_services(&services, &settings.datacenter, false);
+    Ok(Json::new(&body, &query).into_response())
 }
 
+/// `GET /v1/agent/service/<id>`: one local service, with its `ContentHash` (also sent as
+/// `X-Consul-ContentHash`).
+async fn agent_service(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    token: RequestToken,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let acl = app.acl(&token)?;
+    let service = app
+        .store
+        .read(|inner| inner.catalog.agent_services().remove(&id))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    require(acl.service_read(&service.service))?;
+    let settings = app.store.settings();
+    let mut body =
+        settings
+            .profile()
+            .service_shape
+            .agent_services(&service, &settings.datacenter, true);
+    let hash = content_hash(&body);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("ContentHash".into(), json!(hash));
+    }
+    Ok(Json::new(&body, &query)
+        .header("X-Consul-ContentHash", &hash)
+        .into_response())
+}
+
+/// A stable 64-bit hash of a service's JSON, as hex (Consul hashes the struct; the value only
+/// has to change when the service does).
+fn content_hash(body: &serde_json::Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.to_string().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The Raft address of this single-server agent.
+fn server_address(app: &AppState) -> String {
+    format!("{}:8300", app.store.settings().node_address)
+}
+
+/// `GET /v1/status/leader`: this agent is its own leader.
+async fn status_leader(State(app): State<AppState>, query: Query) -> Response {
+    Json::new(&server_address(&app), &query).into_response()
+}
+
+/// `GET /v1/status/peers`: the Raft peers, this agent alone.
+async fn status_peers(State(app): State<AppState>, query: Query) -> Response {
+    Json::new(&[server_address(&app)], &query).into_response()
+}
+
+/// `GET /v1/agent/self`: the emulated version's dev agent answer (every field Consul sends)
+/// with this agent's node, datacenter, version and ACL settings.
 async fn agent_self(
     State(app): State<AppState>,
     token: RequestToken,
@@ -213,36 +283,64 @@ async fn agent_self(
 ) -> Result<Response, ApiError> {
     let s = app.store.settings();
     require(app.acl(&token)?.agent_read(&s.node_name))?;
-    let body = json!({
-        "Config": {
-            "Datacenter": s.datacenter,
-            "NodeName": s.node_name,
-            "NodeID": s.node_id,
-            "Revision": "agent-sim",
-            "Server": true,
-            "Version": s.profile().version,
-        },
-        "DebugConfig": {
-            "ACLsEnabled": s.acl.enabled,
-            "ACLDefaultPolicy": match s.acl.default_policy {
-                crate::acl_rules::DefaultPolicy::Allow => "allow",
-                crate::acl_rules::DefaultPolicy::Deny => "deny",
-            },
-            "ConnectEnabled": true,
-            "Datacenter": s.datacenter,
-            "NodeName": s.node_name,
-        },
-        "Coord": null,
-        "Member": {
-            "Name": s.node_name,
-            "Addr": s.node_address,
-            "Port": 8301,
-            "Tags": {"dc": s.datacenter, "role": "consul", "build": format!("{}:agent-sim", s.profile().version)},
-            "Status": 1,
-        },
-        "Stats": {},
-        "Meta": {"consul-network-segment": ""},
-    });
+    let mut body: serde_json::Value = serde_json::from_str(s.profile().agent_self)
+        .map_err(|e| ApiError::Internal(format!("agent/self template: {e}")))?;
+    let policy = match s.acl.default_policy {
+        crate::acl_rules::DefaultPolicy::Allow => "allow",
+        crate::acl_rules::DefaultPolicy::Deny => "deny",
+    };
+    let version = s.profile().version;
+    // Keys only overwritten where the version has them (`PrimaryDatacenter` is 1.10's).
+    let set = |v: &mut serde_json::Value, key: &str, value: serde_json::Value| {
+        if let Some(slot) = v.get_mut(key) {
+            *slot = value;
+        }
+    };
+    let config = &mut body["Config"];
+    for (key, value) in [
+        ("Datacenter", json!(s.datacenter)),
+        ("PrimaryDatacenter", json!(s.datacenter)),
+        ("NodeName", json!(s.node_name)),
+        ("NodeID", json!(s.node_id)),
+        ("Revision", json!("agent-sim")),
+        ("Version", json!(version)),
+    ] {
+        set(config, key, value);
+    }
+    let debug = &mut body["DebugConfig"];
+    let acl_dc = if debug["ACLDatacenter"] == "" {
+        ""
+    } else {
+        s.datacenter.as_str()
+    };
+    for (key, value) in [
+        ("Datacenter", json!(s.datacenter)),
+        ("PrimaryDatacenter", json!(s.datacenter)),
+        ("ACLDatacenter", json!(acl_dc)),
+        ("NodeName", json!(s.node_name)),
+        ("NodeID", json!(s.node_id)),
+        ("Revision", json!("agent-sim")),
+        ("Version", json!(version)),
+        ("ACLsEnabled", json!(s.acl.enabled)),
+        ("ACLDefaultPolicy", json!(policy)),
+    ] {
+        set(debug, key, value);
+    }
+    let member = &mut body["Member"];
+    set(member, "Name", json!(s.node_name));
+    set(member, "Addr", json!(s.node_address));
+    set(member, "Port", json!(8301));
+    let tags = &mut member["Tags"];
+    for (key, value) in [
+        ("dc", s.datacenter.clone()),
+        ("id", s.node_id.clone()),
+        ("build", format!("{version}:agent-sim")),
+        ("acls", if s.acl.enabled { "1" } else { "0" }.to_owned()),
+        ("port", "8300".to_owned()),
+        ("wan_join_port", "8302".to_owned()),
+    ] {
+        set(tags, key, json!(value));
+    }
     Ok(Json::new(&body, &query).into_response())
 }
 
@@ -312,6 +410,7 @@ async fn update_check(
     output: String,
 ) -> Result<StatusCode, ApiError> {
     let acl = app.acl(&token)?;
+    let profile = app.store.settings().profile();
     let now = app.store.clock().now();
     app.store.write(|inner, index, changes| {
         let owner = inner
@@ -320,7 +419,7 @@ async fn update_check(
             .find(|s| s.checks.iter().any(|c| c.id == id))
             .map(|s| s.reg.name.clone())
             .ok_or_else(|| ApiError::Internal(format!("Unknown check {id:?}")))?;
-        require(acl.service_write(&owner))?;
+        super::require_service_write(&acl, profile, &owner)?;
         inner
             .catalog
             .update_check(&id, status, &output, index, now)?;
@@ -355,7 +454,13 @@ async fn catalog_services(
             (inner.table_index(Table::Services), services)
         })
         .await;
-    Ok(Json::new(&services, &query).meta(index).into_response())
+    Ok(Json::new(&services, &query)
+        .meta(index)
+        .header(
+            "X-Consul-Effective-Consistency",
+            super::effective_consistency(&query),
+        )
+        .into_response())
 }
 
 /// Which listing a discovery request asks for.
@@ -424,15 +529,15 @@ async fn discovery(
     // Resolved now so an unknown token is refused at once; a `?cached` entry resolves the
     // token again on each refresh (below), as Consul's agent cache does.
     let request_acl = app.acl(&token)?;
-    let consistency = if query.has("stale") {
-        "stale"
-    } else {
-        "leader"
-    };
+    let consistency = super::effective_consistency(&query);
+    let streaming = matches!(listing, Listing::Health)
+        && app.store.settings().profile().health_streaming
+        && (query.has("cached") || blocking.is_some());
     let clock = app.store.clock().clone();
     let key = format!("{listing:?}/{connect}/{name}/{filter:?}");
     let cached = query.has("cached");
     let resolver = (app.clone(), token.clone());
+    let shape = app.store.settings().profile().service_shape;
     let read = move |inner: &crate::state::Inner| {
         let now = clock.now();
         let acl = if cached {
@@ -447,14 +552,14 @@ async fn discovery(
             Listing::Catalog => {
                 let mut items = inner.catalog.catalog_services(&name, &filter, now);
                 items.retain(|i| acl.service_read(&i.service_name) && acl.node_read(&i.node));
-                CachedBody::Catalog(items)
+                CachedBody::View(shape.catalog(&items))
             }
             Listing::Health => {
                 let mut items = inner.catalog.health_services(&name, &filter, now);
                 items.retain(|i| {
                     acl.service_read(&i.service.service) && acl.node_read(&i.node.node)
                 });
-                CachedBody::Health(items)
+                CachedBody::View(shape.health(&items, inner))
             }
         }
     };
@@ -475,7 +580,12 @@ async fn discovery(
             .await;
         Json::new(&body, &query).meta(index)
     };
-    Ok(resp
-        .header("X-Consul-Effective-Consistency", consistency)
-        .into_response())
+    let resp = resp.header("X-Consul-Effective-Consistency", consistency);
+    let resp = if streaming {
+        resp.header("X-Consul-Query-Backend", "streaming")
+            .header("X-Consul-KnownLeader", "false")
+    } else {
+        resp
+    };
+    Ok(resp.into_response())
 }

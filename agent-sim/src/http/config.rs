@@ -70,7 +70,10 @@ const DEFAULTS_FIELDS: &[&str] = &[
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/config", allow(put(apply), "PUT"))
-        .route("/v1/config/{kind}", allow(get(list), "GET"))
+        .route(
+            "/v1/config/{kind}",
+            allow(get(list).delete(delete_without_name), "GET,DELETE"),
+        )
         .route(
             "/v1/config/{kind}/{name}",
             allow(get(read).delete(delete), "GET,DELETE"),
@@ -308,6 +311,14 @@ async fn list(
         })
         .await;
     Ok(Json::new(&entries, &query).meta(index).into_response())
+}
+
+/// `DELETE /v1/config/<kind>`: Consul's handler wants both path parts.
+async fn delete_without_name(State(app): State<AppState>) -> Result<Response, ApiError> {
+    supported(&app)?;
+    Err(ApiError::NotFound(
+        "Must provide both a kind and name to delete".into(),
+    ))
 }
 
 async fn delete(

@@ -13,7 +13,7 @@ use consul_connect_types::spiffe::ServiceId;
 use tokio::time::Instant;
 
 use super::{allow, decode_body, ApiError, AppState, Json, Query, RequestToken};
-use crate::cache::wait_for;
+use crate::cache::{wait_for, LeafFill};
 use crate::state::Table;
 
 /// The CA settings Consul 1.4 knows (and agent-sim's `ForceRotate`).
@@ -67,8 +67,39 @@ async fn agent_roots(
 }
 
 async fn roots(State(app): State<AppState>, query: Query) -> Result<Response, ApiError> {
+    let pem = match query.get("pem") {
+        Some(v) if app.store.settings().profile().ca.pem_roots => {
+            parse_go_bool(v).ok_or_else(|| {
+                ApiError::BadRequestPrefixed(
+                    "The 'pem' query parameter must be a boolean value".into(),
+                )
+            })?
+        }
+        _ => false,
+    };
     let blocking = query.blocking()?;
     query.datacenter(&app.store)?;
+    if pem {
+        // Every root, each followed by its intermediates, as one PEM chain (no query meta).
+        let chain: String = app.store.read(|inner| {
+            let list = inner.ca.root_list();
+            list.roots
+                .iter()
+                .flat_map(|r| {
+                    std::iter::once(&r.root_cert).chain(r.intermediate_certs.iter().flatten())
+                })
+                .map(|p| format!("{}\n", p.trim_end()))
+                .collect()
+        });
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/pem-certificate-chain",
+            )],
+            chain,
+        )
+            .into_response());
+    }
     let (index, roots) = app
         .store
         .block(Table::Roots, blocking, |inner| {
@@ -76,6 +107,15 @@ async fn roots(State(app): State<AppState>, query: Query) -> Result<Response, Ap
         })
         .await;
     Ok(Json::new(&roots, &query).meta(index).into_response())
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// Reads a cache entry, waiting as a blocking query asks.
@@ -110,10 +150,15 @@ async fn leaf(
     )
     .map_err(|_| ApiError::Internal("SPIFFE ID is not in the expected format".into()))?;
     super::require(app.acl(&token)?.service_write(&service))?;
-    let lookup = app.cache.leaf(&app.partition(&token), &id);
+    let part = app.partition(&token);
+    let lookup = app.cache.leaf(&part, &id);
     // 1.10 revalidates a leaf read without an index, so it is never a cache hit.
     let revalidated = blocking.is_none() && app.store.settings().profile().leaf_reads_revalidate;
-    let (_, leaf) = read_entry(lookup.value, blocking).await?;
+    let (_, fill) = read_entry(lookup.value, blocking).await?;
+    let LeafFill::Issued(leaf) = &*fill else {
+        app.cache.forget_refused_leaf(&part, id.service());
+        return Err(ApiError::RateLimited);
+    };
     Ok(Json::new(&leaf.cert, &query)
         .index(leaf.cert.modify_index)
         .cache(lookup.hit && !revalidated)
@@ -137,7 +182,7 @@ async fn set_ca_config(
 ) -> Result<StatusCode, ApiError> {
     super::require(app.acl(&token)?.operator_write())?;
     let mut config: CaConfiguration = decode_body(&body, &["Provider", "Config"])
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+        .map_err(|e| ApiError::decode_failed(app.store.settings().profile(), e))?;
     // Consul reads provider settings case-insensitively and in snake case (`private_key`):
     // store them under their canonical names so they are used, and hidden, whatever the
     // spelling.

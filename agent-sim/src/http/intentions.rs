@@ -146,15 +146,17 @@ fn write(app: &AppState, token: &RequestToken, write: IntentionWrite) -> Result<
                 .map(|i| i.destination_name.clone())
                 .ok_or_else(|| IntentionWriteError::NotFound(id.to_owned()))
         };
+        let profile = app.store.settings().profile();
         let destinations = match &write {
             IntentionWrite::Create(ixn) => vec![ixn.destination_name.clone()],
             IntentionWrite::Update(id, ixn) => vec![stored(id)?, ixn.destination_name.clone()],
-            IntentionWrite::Delete(id) => vec![stored(id)?],
+            IntentionWrite::Delete(id) => vec![stored(id).map_err(|_| {
+                ApiError::Internal(format!("{}: '{id}'", profile.delete_missing_intention))
+            })?],
         };
         for destination in destinations {
             super::require(acl.intention_write(&destination))?;
         }
-        let profile = app.store.settings().profile();
         let id = if profile.config_entries {
             let id = legacy_write(inner, write, index, now, profile)?;
             changes.touch(Table::ConfigEntries);
@@ -359,7 +361,7 @@ async fn update(
 ) -> Result<Response, ApiError> {
     query.datacenter(&app.store)?;
     let ixn = decode_intention(&body)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+        .map_err(|e| ApiError::decode_failed(app.store.settings().profile(), e))?;
     let id = write(&app, &token, IntentionWrite::Update(id, ixn))?;
     Ok(Json::new(&IntentionCreated { id }, &query).into_response())
 }
@@ -482,8 +484,18 @@ async fn check(
         .map_err(|e| ApiError::Internal(format!("source {source:?} is invalid: {e}")))?;
     let (dst_ns, dst_name) = parse_entry(&destination)
         .map_err(|e| ApiError::Internal(format!("destination {destination:?} is invalid: {e}")))?;
+    let acl = app.acl(&token)?;
+    if app.store.settings().profile().refuses_namespaces {
+        for (which, ns) in [("source", &src_ns), ("destination", &dst_ns)] {
+            if !ns.eq_ignore_ascii_case(DEFAULT_NAMESPACE) {
+                return Err(ApiError::Internal(format!(
+                    "Invalid {which} namespace {ns:?}: Namespaces is a Consul Enterprise feature"
+                )));
+            }
+        }
+    }
     // Consul checks service:read on the destination here (its docs say intentions:read).
-    super::require(app.acl(&token)?.service_read(&dst_name))?;
+    super::require(acl.service_read(&dst_name))?;
     let default = app.default_decision();
     let allowed = app.store.read(|inner| {
         inner
@@ -575,7 +587,7 @@ async fn exact_put(
     let (src, dst) = exact_names(&query, true)?;
     super::require(app.acl(&token)?.intention_write(&dst.1))?;
     let mut ixn = decode_intention(&body)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+        .map_err(|e| ApiError::BadRequestPrefixed(format!("Request decode failed: {e}")))?;
     if app.store.settings().profile().config_entries {
         exact_write(&app, &dst.1, Some((&src.1, ixn)))?;
         return Ok(Json::new(&true, &query).into_response());

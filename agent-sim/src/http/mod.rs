@@ -4,11 +4,14 @@ mod acl;
 mod catalog;
 mod config;
 mod connect;
+mod federation;
 mod intentions;
 mod limits;
 mod queries;
 pub(crate) mod server;
+mod shapes;
 
+pub use federation::INTERMEDIATE_PATH;
 pub(crate) use server::{serve, Listener};
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use serde::Serialize;
 use crate::acl_rules::{Authorizer, DefaultPolicy};
 use crate::acl_versions::AclRules;
 use crate::cache::{ConnectCache, Partition};
+use crate::profile::Profile;
 use crate::state::acl::AclError;
 use crate::state::{Blocking, Inner, Store, Table};
 
@@ -47,6 +51,8 @@ pub struct AppState {
     allow_all: Arc<Authorizer>,
     /// The ACL decisions of the emulated Consul version (from its profile).
     pub acl_rules: AclRules,
+    /// The other datacenters.
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 #[derive(Debug, Default)]
@@ -59,13 +65,25 @@ impl AppState {
     /// State for the router.
     pub fn new(store: Arc<Store>, cache: Arc<ConnectCache>) -> Self {
         let acl_rules = store.settings().profile().acl;
+        let federation = Arc::new(crate::federation::Federation::new(
+            store.settings().datacenter.clone(),
+            None,
+            None,
+        ));
         Self {
             store,
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
             acl_rules,
+            federation,
         }
+    }
+
+    /// The same state, federated with other datacenters as `federation` says.
+    pub fn with_federation(mut self, federation: Arc<crate::federation::Federation>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// What `token` may do, resolved from state already under the store's lock (for reads
@@ -246,7 +264,18 @@ pub fn router(state: AppState) -> Router {
         .merge(connect::routes())
         .merge(intentions::routes())
         .merge(queries::routes())
+        .merge(federation::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            federation::forward,
+        ))
+        // Outside the forwarding: the namespace is refused where the request arrives, as
+        // Consul's HTTP layer does before any RPC.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_namespaces,
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_blocking))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -254,6 +283,74 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// An OSS agent that knows namespaces refuses them where a handler would read them (Consul's
+/// `parseEntMeta`): `X-Consul-Namespace`, then `?ns=`, before anything else.
+async fn refuse_namespaces(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.store.settings().profile().refuses_namespaces
+        || !reads_namespace(request.method(), request.uri().path())
+    {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get("X-Consul-Namespace")
+        .is_some_and(|v| !v.is_empty());
+    let refusal = if header {
+        Some("Invalid header: \"X-Consul-Namespace\"")
+    } else if Query::from_uri(request.uri())
+        .get("ns")
+        .is_some_and(|ns| !ns.is_empty())
+    {
+        Some("Invalid query parameter: \"ns\"")
+    } else {
+        None
+    };
+    match refusal {
+        Some(what) => ApiError::BadRequestPrefixed(format!(
+            "{what} - Namespaces are a Consul Enterprise feature"
+        ))
+        .into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// The endpoints whose Consul handler parses a namespace (`parseEntMeta`).
+fn reads_namespace(method: &Method, path: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "/v1/agent/services",
+        "/v1/agent/service/",
+        "/v1/agent/checks",
+        "/v1/agent/check/",
+        "/v1/agent/health/service/",
+        "/v1/agent/connect/authorize",
+        "/v1/agent/connect/ca/leaf/",
+        "/v1/catalog/register",
+        "/v1/catalog/deregister",
+        "/v1/catalog/services",
+        "/v1/catalog/service/",
+        "/v1/catalog/connect/",
+        "/v1/catalog/node/",
+        "/v1/catalog/node-services/",
+        "/v1/catalog/gateway-services/",
+        "/v1/health/",
+        "/v1/config",
+    ];
+    if PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return true;
+    }
+    // Intentions: every endpoint but get and delete by ID.
+    match path.strip_prefix("/v1/connect/intentions") {
+        Some("" | "/") => true,
+        Some("/check" | "/match" | "/exact") => true,
+        Some(_) => method == Method::PUT,
+        None => false,
+    }
 }
 
 /// The headers the emulated version adds to answers: `X-Consul-Default-Acl-Policy` on every
@@ -265,7 +362,10 @@ async fn version_headers(
     let settings = app.store.settings();
     let profile = settings.profile();
     let headers = resp.headers_mut();
-    if profile.query_backend_header && headers.contains_key("X-Consul-KnownLeader") {
+    if profile.query_backend_header
+        && headers.contains_key("X-Consul-KnownLeader")
+        && !headers.contains_key("X-Consul-Query-Backend")
+    {
         headers.insert(
             "X-Consul-Query-Backend",
             HeaderValue::from_static("blocking-query"),
@@ -327,6 +427,19 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl ApiError {
+    /// 400 for a body that does not decode, with or without `Bad request: ` as the emulated
+    /// version writes it.
+    pub fn decode_failed(profile: &Profile, e: impl std::fmt::Display) -> Self {
+        let m = format!("Request decode failed: {e}");
+        if profile.decode_errors_prefixed {
+            ApiError::BadRequestPrefixed(m)
+        } else {
+            ApiError::BadRequest(m)
+        }
+    }
+}
+
 impl From<AclError> for ApiError {
     fn from(e: AclError) -> Self {
         match e {
@@ -351,6 +464,33 @@ impl ApiError {
     /// 403 `Permission denied`.
     pub fn denied() -> Self {
         ApiError::Forbidden("Permission denied".into())
+    }
+}
+
+/// `Ok` when `acl` may write `service`; else 403 as the emulated version words a refused agent
+/// write.
+pub fn require_service_write(
+    acl: &Authorizer,
+    profile: &Profile,
+    service: &str,
+) -> Result<(), ApiError> {
+    require_service_write_named(acl, profile, service, service)
+}
+
+/// As [`require_service_write`], the refusal naming `named` (Consul names the new
+/// registration when the instance it replaces is not writable).
+pub fn require_service_write_named(
+    acl: &Authorizer,
+    profile: &Profile,
+    service: &str,
+    named: &str,
+) -> Result<(), ApiError> {
+    match (acl.service_write(service), profile.denials_name_permission) {
+        (true, _) => Ok(()),
+        (false, true) => Err(ApiError::Forbidden(format!(
+            "Permission denied: Missing service:write on {named}"
+        ))),
+        (false, false) => Err(ApiError::denied()),
     }
 }
 
@@ -390,6 +530,17 @@ fn plain(status: StatusCode, body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `X-Consul-Effective-Consistency` for a read: `consistent`, `stale` or `leader`.
+pub fn effective_consistency(query: &Query) -> &'static str {
+    if query.has("consistent") {
+        "consistent"
+    } else if query.has("stale") {
+        "stale"
+    } else {
+        "leader"
+    }
 }
 
 /// The query string, with Consul's presence flags (`?passing`, `?stale`) kept.

@@ -224,8 +224,14 @@ impl AclState {
         Ok(token)
     }
 
-    /// Creates (`id` empty) or updates a policy.
-    pub fn set_policy(&mut self, mut policy: AclPolicy, index: u64) -> Result<AclPolicy, AclError> {
+    /// Creates (`id` empty) or updates a policy; rule errors are worded as 1.10 words them
+    /// when `modern_errors`.
+    pub fn set_policy(
+        &mut self,
+        mut policy: AclPolicy,
+        index: u64,
+        modern_errors: bool,
+    ) -> Result<AclPolicy, AclError> {
         let invalid = |m: String| Err(AclError::Invalid(m));
         if policy.name.is_empty() {
             return invalid("Invalid Policy: no Name is set".into());
@@ -236,7 +242,7 @@ impl AclState {
         // Consul returns the rules error as it is (`Invalid service policy: ...`, or `Failed
         // to parse ACL rules: ...` for syntax), without a prefix of its own.
         if let Err(e) = Policy::parse(&policy.rules) {
-            return invalid(e.to_string());
+            return invalid(e.text(modern_errors));
         }
         let clash = self
             .policies

@@ -11,10 +11,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::ca::{BuiltinCa, CaError, CaProvider, EcKey, RootCert};
+use crate::profile::CaProfile;
 
 /// Default leaf lifetime (Consul's `LeafCertTTL`).
 pub const DEFAULT_LEAF_CERT_TTL: Duration = Duration::from_secs(72 * 3600);
-const ROOT_NAME: &str = "Consul CA Root Cert";
 const PROVIDER: &str = "consul";
 /// agent-sim extension: a `Config` key that asks for a new generated root (Consul has no
 /// force-rotate API, hashicorp/consul#9654). It is acted on, never stored.
@@ -58,6 +58,30 @@ pub enum CaConfigError {
     Generate(CaError),
 }
 
+/// `GET /v1/connect/ca/configuration`'s answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfigView {
+    provider: String,
+    config: BTreeMap<String, Value>,
+    /// 1.10: always `null` for the built-in provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    force_without_cross_signing: Option<bool>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl std::fmt::Debug for CaConfigView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaConfigView")
+            .field("provider", &self.provider)
+            .field("keys", &self.config.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Roots, configuration and the active provider.
 #[derive(Debug)]
 pub struct CaState {
@@ -69,6 +93,10 @@ pub struct CaState {
     config: CaConfiguration,
     /// When each inactive root was rotated out (Consul's `RotatedOutAt`, never serialised).
     rotated_out_at: std::collections::BTreeMap<String, OffsetDateTime>,
+    /// What the emulated version does differently.
+    profile: &'static CaProfile,
+    /// In a secondary datacenter: its intermediate (PEM), signed by the primary's active root.
+    intermediate: Option<String>,
 }
 
 impl CaState {
@@ -92,6 +120,7 @@ impl CaState {
 
     pub(super) fn bootstrap(
         settings: &CaSettings,
+        profile: &'static CaProfile,
         now: OffsetDateTime,
         next_index: &mut dyn FnMut() -> u64,
     ) -> Result<Self, CaError> {
@@ -107,10 +136,11 @@ impl CaState {
             None => EcKey::generate()?,
         };
         let config_index = next_index();
-        let mut config = BTreeMap::from([
-            ("LeafCertTTL".to_owned(), Value::from("72h")),
-            ("RotationPeriod".to_owned(), Value::from("2160h")),
-        ]);
+        let mut config: BTreeMap<String, Value> = profile
+            .default_config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
         if let Some(ttl) = settings.leaf_cert_ttl {
             config.insert(
                 "LeafCertTTL".into(),
@@ -121,8 +151,14 @@ impl CaState {
             config.insert("PrivateKey".into(), Value::from(pem.clone()));
         }
         let root_index = next_index();
-        let provider = BuiltinCa::new(trust_domain.clone(), key, root_index, now)?;
-        let root = ca_root(provider.root(), &cluster_id, None, root_index);
+        let provider = BuiltinCa::generate(
+            trust_domain.clone(),
+            key,
+            root_index,
+            now,
+            profile.cert_names,
+        )?;
+        let root = ca_root(provider.root(), &cluster_id, None, root_index, profile);
         Ok(Self {
             trust_domain,
             cluster_id,
@@ -135,6 +171,8 @@ impl CaState {
                 modify_index: config_index,
             },
             rotated_out_at: std::collections::BTreeMap::new(),
+            profile,
+            intermediate: None,
         })
     }
 
@@ -150,7 +188,11 @@ impl CaState {
 
     /// The CA as saved: same trust domain, roots and signing key, so leaves issued before a
     /// restart stay valid.
-    pub fn restore(cluster_id: &str, saved: super::persist::CaSnapshot) -> Result<Self, CaError> {
+    pub fn restore(
+        cluster_id: &str,
+        saved: super::persist::CaSnapshot,
+        profile: &'static CaProfile,
+    ) -> Result<Self, CaError> {
         let trust_domain = TrustDomain::new(&format!("{cluster_id}.consul"))
             .map_err(|e| CaError::Config(format!("invalid cluster ID {cluster_id:?}: {e}")))?;
         let active = saved
@@ -159,7 +201,8 @@ impl CaState {
             .find(|r| r.active)
             .ok_or_else(|| CaError::Config("saved state has no active root".into()))?;
         let key = EcKey::from_pem(&saved.private_key_pem)?;
-        let provider = BuiltinCa::from_parts(trust_domain.clone(), &active.root_cert, key)?;
+        let provider = BuiltinCa::from_parts(trust_domain.clone(), &active.root_cert, key)?
+            .with_cert_names(profile.cert_names);
         Ok(Self {
             trust_domain,
             cluster_id: cluster_id.to_owned(),
@@ -167,7 +210,47 @@ impl CaState {
             roots: saved.roots,
             config: saved.config,
             rotated_out_at: saved.rotated_out_at,
+            profile,
+            intermediate: None,
         })
+    }
+
+    /// Makes this a secondary datacenter's CA: the primary's `roots`, with this datacenter's
+    /// intermediate (when a new one is given: its PEM, signed by the primary's active root,
+    /// and key) as the active root's last `IntermediateCerts` and its key ID as the
+    /// `SigningKeyID`, as Consul's secondaries answer. Returns whether the roots changed.
+    pub fn set_secondary(
+        &mut self,
+        roots: CaRootList,
+        intermediate: Option<(&str, EcKey)>,
+    ) -> Result<bool, CaError> {
+        if roots.trust_domain != self.trust_domain.as_str() {
+            return Err(CaError::Config(format!(
+                "the primary's trust domain {} is not this datacenter's {}",
+                roots.trust_domain, self.trust_domain
+            )));
+        }
+        if let Some((pem, key)) = intermediate {
+            let provider = BuiltinCa::from_parts(self.trust_domain.clone(), pem, key)?
+                .with_cert_names(self.profile.cert_names);
+            self.intermediate = Some(provider.root().pem.clone());
+            self.provider = Arc::new(provider);
+        }
+        let Some(intermediate) = &self.intermediate else {
+            return Err(CaError::Config("no intermediate signed yet".into()));
+        };
+        let signing_key_id = self.provider.root().signing_key_id.clone();
+        let mut list = roots.roots;
+        for root in list.iter_mut().filter(|r| r.active) {
+            root.signing_key_id = signing_key_id.clone();
+            root.intermediate_certs
+                .get_or_insert_with(Vec::new)
+                .push(intermediate.clone());
+        }
+        let changed = list != self.roots;
+        self.roots = list;
+        self.rotated_out_at.clear();
+        Ok(changed)
     }
 
     /// The cluster ID.
@@ -205,13 +288,41 @@ impl CaState {
         }
     }
 
-    /// The configuration as `GET /v1/connect/ca/configuration` shows it (key hidden).
-    pub fn config_view(&self) -> CaConfiguration {
-        let mut view = self.config.clone();
-        if let Some(key) = view.config.get_mut("PrivateKey") {
-            *key = Value::from("hidden");
+    /// The provider settings as stored (keys unmasked), for what agent-sim itself reads from
+    /// them, such as the CSR limits.
+    pub(crate) fn stored_config(&self) -> &BTreeMap<String, Value> {
+        &self.config.config
+    }
+
+    /// The configuration as `GET /v1/connect/ca/configuration` shows it: 1.4 hides the key,
+    /// 1.10 adds `State` and `ForceWithoutCrossSigning`.
+    pub fn config_view(&self) -> CaConfigView {
+        let mut config = self.config.config.clone();
+        if !self.profile.private_key_shown {
+            if let Some(key) = config.get_mut("PrivateKey") {
+                *key = Value::from("hidden");
+            }
         }
-        view
+        let state_fields = self.profile.config_state_fields;
+        CaConfigView {
+            provider: self.config.provider.clone(),
+            config,
+            state: state_fields.then_some(Value::Null),
+            force_without_cross_signing: state_fields.then_some(false),
+            create_index: self.config.create_index,
+            modify_index: self.config.modify_index,
+        }
+    }
+
+    /// The lifetime of a secondary datacenter's intermediate (`IntermediateCertTTL`, a year
+    /// by default).
+    pub fn intermediate_cert_ttl(&self) -> Duration {
+        self.config
+            .config
+            .get("IntermediateCertTTL")
+            .and_then(Value::as_str)
+            .and_then(|s| consul_connect_types::go::parse_duration(s).ok())
+            .unwrap_or(Duration::from_secs(8760 * 3600))
     }
 
     /// The leaf lifetime in force.
@@ -235,7 +346,7 @@ impl CaState {
             return Err(CaConfigError::UnknownProvider(new.provider));
         }
         let force = matches!(new.config.remove(FORCE_ROTATE_KEY), Some(Value::Bool(true)));
-        validate_config(&new.config)?;
+        validate_config(&new.config, self.profile)?;
         if !force && new.config == self.config.config {
             return Ok(false);
         }
@@ -263,13 +374,21 @@ impl CaState {
                 (!same || !root_pem.is_empty()).then_some(key)
             }
         };
-        let rotated = match new_key {
-            Some(key) => {
-                self.rotate(key, root_pem, now, next_index)?;
-                true
-            }
-            None => false,
-        };
+        let rotated =
+            match new_key {
+                // The secondary's intermediate follows the primary's root (agent-sim does not
+                // emulate a secondary's own provider changes).
+                Some(_) if self.intermediate.is_some() => return Err(CaConfigError::Configure(
+                    "this is a secondary datacenter: its CA follows the primary's root, rotate \
+                     the primary's"
+                        .into(),
+                )),
+                Some(key) => {
+                    self.rotate(key, root_pem, now, next_index)?;
+                    true
+                }
+                None => false,
+            };
         let index = next_index();
         self.config.provider = new.provider;
         self.config.config = new.config;
@@ -286,9 +405,16 @@ impl CaState {
     ) -> Result<(), CaConfigError> {
         let serial = next_index();
         let new_provider = if root_pem.is_empty() {
-            BuiltinCa::new(self.trust_domain.clone(), key, serial, now)
+            BuiltinCa::generate(
+                self.trust_domain.clone(),
+                key,
+                serial,
+                now,
+                self.profile.cert_names,
+            )
         } else {
             BuiltinCa::from_parts(self.trust_domain.clone(), root_pem, key)
+                .map(|ca| ca.with_cert_names(self.profile.cert_names))
         }
         .map_err(CaConfigError::Generate)?;
         if new_provider.root().id == self.active_root().id {
@@ -311,6 +437,7 @@ impl CaState {
             &self.cluster_id,
             Some(vec![cross]),
             index,
+            self.profile,
         );
         self.roots.push(root);
         self.provider = Arc::new(new_provider);
@@ -324,7 +451,10 @@ fn current_key_id(provider: &dyn CaProvider) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn validate_config(config: &BTreeMap<String, Value>) -> Result<(), CaConfigError> {
+fn validate_config(
+    config: &BTreeMap<String, Value>,
+    profile: &CaProfile,
+) -> Result<(), CaConfigError> {
     if let Some(ttl) = config.get("LeafCertTTL") {
         let text = ttl.as_str().ok_or_else(|| {
             CaConfigError::Configure(format!(
@@ -334,14 +464,10 @@ fn validate_config(config: &BTreeMap<String, Value>) -> Result<(), CaConfigError
         let ttl = consul_connect_types::go::parse_duration(text)
             .map_err(|e| CaConfigError::Configure(format!("error decoding config: {e}")))?;
         if ttl < Duration::from_secs(3600) {
-            return Err(CaConfigError::Configure(
-                "leaf cert TTL must be greater than 1h".into(),
-            ));
+            return Err(CaConfigError::Configure(profile.leaf_ttl_too_short.into()));
         }
         if ttl > Duration::from_secs(8760 * 3600) {
-            return Err(CaConfigError::Configure(
-                "leaf cert TTL must be less than 1 year".into(),
-            ));
+            return Err(CaConfigError::Configure(profile.leaf_ttl_too_long.into()));
         }
     }
     Ok(())
@@ -352,10 +478,11 @@ fn ca_root(
     cluster_id: &str,
     intermediates: Option<Vec<String>>,
     index: u64,
+    profile: &CaProfile,
 ) -> CaRoot {
     CaRoot {
         id: root.id.clone(),
-        name: ROOT_NAME.into(),
+        name: profile.root_name.into(),
         serial_number: root.serial,
         signing_key_id: root.signing_key_id.clone(),
         external_trust_domain: cluster_id.to_owned(),
@@ -364,6 +491,9 @@ fn ca_root(
         root_cert: root.pem.clone(),
         intermediate_certs: intermediates,
         active: true,
+        // The built-in CA's keys are P-256.
+        private_key_type: profile.root_key_fields.then(|| "ec".to_owned()),
+        private_key_bits: profile.root_key_fields.then_some(256),
         create_index: index,
         modify_index: index,
     }

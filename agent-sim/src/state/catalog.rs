@@ -718,6 +718,7 @@ fn node_service(s: &ServiceInstance) -> NodeService {
         connect: connect_view(&s.reg),
         create_index: s.create_index,
         modify_index: s.modify_index,
+        ..NodeService::default()
     }
 }
 

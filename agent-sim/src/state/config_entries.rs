@@ -93,19 +93,18 @@ impl ConfigEntries {
         match &mut entry {
             ConfigEntry::ServiceIntentions(e) => {
                 for (i, s) in e.sources.iter_mut().enumerate() {
-                    for (set, field) in [
-                        (s.legacy_meta.is_some(), "LegacyMeta"),
-                        (s.legacy_create_time.is_some(), "LegacyCreateTime"),
-                        (s.legacy_update_time.is_some(), "LegacyUpdateTime"),
-                    ] {
-                        if set {
-                            return Err(ConfigEntryError(format!(
-                                "Sources[{i}].{field} must be omitted"
-                            )));
-                        }
+                    // Consul's normalize clears the legacy ID and times of a config write
+                    // (m26a, m26g) and keeps `LegacyMeta`, which validation then refuses
+                    // unless empty (m26).
+                    if s.legacy_meta.as_ref().is_some_and(|m| !m.is_empty()) {
+                        return Err(ConfigEntryError(format!(
+                            "Sources[{i}].LegacyMeta must be omitted"
+                        )));
                     }
-                    // A config write never keeps or injects legacy IDs (m26a, m26g).
+                    s.legacy_meta = None;
                     s.legacy_id = None;
+                    s.legacy_create_time = None;
+                    s.legacy_update_time = None;
                 }
                 self.validate_intentions(e)?;
             }
@@ -188,6 +187,14 @@ impl ConfigEntries {
         if e.sources.is_empty() {
             return err("At least one source is required".into());
         }
+        // Consul's normalize computes each source's precedence and sorts the sources by it
+        // (stable) before validating: error indexes and the stored order are the sorted ones
+        // (m39b, m48c2).
+        let name = e.name.clone();
+        for s in &mut e.sources {
+            s.precedence = precedence(&source_intention(&name, s, None));
+        }
+        e.sources.sort_by_key(|s| std::cmp::Reverse(s.precedence));
         let mut seen = std::collections::HashSet::new();
         let mut has_l7 = false;
         for (i, s) in e.sources.iter_mut().enumerate() {
@@ -245,9 +252,6 @@ impl ConfigEntries {
             if !is_http_like(&protocol) {
                 return err(l7_protocol_error(&e.name, &protocol));
             }
-        }
-        for s in &mut e.sources {
-            s.precedence = precedence(&source_intention(&e.name, s, None));
         }
         Ok(())
     }
@@ -368,7 +372,8 @@ pub fn legacy_source(ixn: &Intention) -> SourceIntention {
         legacy_id: Some(ixn.id.clone()),
         source_type: ixn.source_type.clone(),
         description: (!ixn.description.is_empty()).then(|| ixn.description.clone()),
-        legacy_meta: Some(ixn.meta.clone().unwrap_or_default()),
+        // Consul keeps an empty map, which its JSON omits.
+        legacy_meta: ixn.meta.clone().filter(|m| !m.is_empty()),
         legacy_create_time: Some(ixn.created_at),
         legacy_update_time: Some(ixn.updated_at),
     }

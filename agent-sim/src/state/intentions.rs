@@ -51,6 +51,12 @@ impl Intentions {
         Self { set }
     }
 
+    /// Replaces every intention with `all` as another datacenter holds them (replication:
+    /// IDs, times, indexes and hashes kept).
+    pub fn replace_all(&mut self, all: Vec<Intention>) {
+        *self = Self::restore(all);
+    }
+
     /// The indexed set.
     pub fn set(&self) -> &IntentionSet {
         &self.set

@@ -5,6 +5,7 @@ pub mod acl;
 pub mod ca;
 pub mod catalog;
 pub mod config_entries;
+pub mod csr_limit;
 pub mod intentions;
 pub mod leaf;
 pub mod persist;
@@ -128,7 +129,7 @@ impl Inner {
             index
         };
         let catalog = Catalog::new(settings, next());
-        let ca = CaState::bootstrap(&settings.ca, now, &mut next)?;
+        let ca = CaState::bootstrap(&settings.ca, &settings.profile().ca, now, &mut next)?;
         let acl = acl::AclState::new(&settings.acl, next(), now);
         let mut inner = Inner {
             index: 0,
@@ -159,7 +160,7 @@ impl Inner {
             reserved_index: index,
             table_index: [index; Table::ALL.len()],
             catalog,
-            ca: CaState::restore(&saved.cluster_id, saved.ca)?,
+            ca: CaState::restore(&saved.cluster_id, saved.ca, &settings.profile().ca)?,
             intentions: intentions::Intentions::restore(saved.intentions),
             config: config_entries::ConfigEntries::restore(saved.config_entries),
             acl: acl::AclState::restore(saved.acl, &settings.acl, index, now),

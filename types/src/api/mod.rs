@@ -79,6 +79,12 @@ pub struct CaRoot {
     pub intermediate_certs: Option<Vec<String>>,
     /// Whether this root signs new leaves.
     pub active: bool,
+    /// The CA key's type, `ec` for the built-in CA (1.10+; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_type: Option<String>,
+    /// The CA key's size in bits, 256 for the built-in CA (1.10+; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_bits: Option<u32>,
     /// Raft index of creation.
     pub create_index: u64,
     /// Raft index of last change.
@@ -625,6 +631,12 @@ pub struct NodeService {
     pub weights: Weights,
     /// Tag override flag.
     pub enable_tag_override: bool,
+    /// Enterprise: the instance's namespace (absent from OSS answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Enterprise (1.11+): the instance's admin partition (absent from OSS answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// Deprecated proxy destination: `""` in 1.4 answers, gone from 1.10's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_destination: Option<String>,

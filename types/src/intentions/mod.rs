@@ -49,6 +49,9 @@ pub const SOURCE_TYPE_CONSUL: &str = "consul";
 
 /// Reason when no intention matched and ACLs are disabled (the connection is allowed).
 pub const REASON_ACLS_DISABLED: &str = "ACLs disabled, access is allowed by default";
+/// Reason when no intention matched and the agent's `default_intention_policy` decided
+/// (Consul 1.18+).
+pub const REASON_DEFAULT_INTENTION_POLICY: &str = "Default intention policy";
 /// Reason when no intention matched and the ACL default policy decided.
 pub const REASON_ACL_DEFAULT: &str = "Default behavior configured by ACLs";
 /// Prefix of the reason when an intention decided, in Consul 1.4–1.8; the intention's
@@ -232,8 +235,10 @@ impl fmt::Display for Intention {
 // Decision
 // ---------------------------------------------------------------------------------------------
 
-/// What happens when no intention matches: Consul resolves the anonymous token.
+/// What happens when no intention matches: the agent's `default_intention_policy` (1.18+)
+/// when set, otherwise the ACL default policy (the anonymous token's), allow with ACLs off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DefaultDecision {
     /// ACLs are off: allow, [`REASON_ACLS_DISABLED`].
     AclsDisabled,
@@ -241,12 +246,21 @@ pub enum DefaultDecision {
     AclDefaultAllow,
     /// ACLs on with `default_policy = "deny"`: deny, [`REASON_ACL_DEFAULT`].
     AclDefaultDeny,
+    /// `default_intention_policy = "allow"` (Consul 1.18+): allow,
+    /// [`REASON_DEFAULT_INTENTION_POLICY`].
+    IntentionPolicyAllow,
+    /// `default_intention_policy = "deny"` (Consul 1.18+): deny,
+    /// [`REASON_DEFAULT_INTENTION_POLICY`].
+    IntentionPolicyDeny,
 }
 
 impl DefaultDecision {
     /// Whether the default lets a connection through.
     pub fn allowed(self) -> bool {
-        !matches!(self, DefaultDecision::AclDefaultDeny)
+        !matches!(
+            self,
+            DefaultDecision::AclDefaultDeny | DefaultDecision::IntentionPolicyDeny
+        )
     }
 
     /// Consul's reason text for the default.
@@ -255,6 +269,9 @@ impl DefaultDecision {
             DefaultDecision::AclsDisabled => REASON_ACLS_DISABLED,
             DefaultDecision::AclDefaultAllow | DefaultDecision::AclDefaultDeny => {
                 REASON_ACL_DEFAULT
+            }
+            DefaultDecision::IntentionPolicyAllow | DefaultDecision::IntentionPolicyDeny => {
+                REASON_DEFAULT_INTENTION_POLICY
             }
         }
     }
