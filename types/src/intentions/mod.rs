@@ -38,7 +38,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use crate::api::Intention;
-use crate::spiffe::ServiceId;
+use crate::spiffe::{ServiceId, DEFAULT_PARTITION};
 
 /// The wildcard value of a namespace or name.
 pub const WILDCARD: &str = "*";
@@ -325,10 +325,9 @@ pub fn decide_matches<'a, I>(
 where
     I: IntoIterator<Item = &'a Intention>,
 {
-    decide_matches_by_name(
+    decide_for(
         matches,
-        source.namespace(),
-        source.service(),
+        (source.partition(), source.namespace(), source.service()),
         default,
         wording,
     )
@@ -346,10 +345,30 @@ pub fn decide_matches_by_name<'a, I>(
 where
     I: IntoIterator<Item = &'a Intention>,
 {
+    decide_for(
+        matches,
+        (DEFAULT_PARTITION, source_ns, source_name),
+        default,
+        wording,
+    )
+}
+
+/// The decision for a source given by (partition, namespace, name).
+fn decide_for<'a, I>(
+    matches: I,
+    (source_partition, source_ns, source_name): (&str, &str, &str),
+    default: DefaultDecision,
+    wording: Wording,
+) -> Decision
+where
+    I: IntoIterator<Item = &'a Intention>,
+{
     let mut examined = 0;
     for ixn in matches {
         examined += 1;
-        if source_matches(ixn, source_ns, source_name) {
+        if source_partition_matches(ixn, source_partition)
+            && source_matches(ixn, source_ns, source_name)
+        {
             return Decision {
                 // Go compares with IntentionActionAllow: anything else denies. L7 rules only
                 // a proxy can apply, so they never admit an L4 connection.
@@ -375,6 +394,17 @@ pub fn source_matches(ixn: &Intention, source_ns: &str, source_name: &str) -> bo
     ixn.source_peer.as_deref().is_none_or(str::is_empty)
         && (ixn.source_ns == WILDCARD || ixn.source_ns == source_ns)
         && (ixn.source_name == WILDCARD || ixn.source_name == source_name)
+}
+
+/// Whether an intention's `SourcePartition` (Enterprise 1.11+; empty means `default`) is the
+/// client's partition. A caller in another partition is another caller.
+fn source_partition_matches(ixn: &Intention, partition: &str) -> bool {
+    let wanted = ixn
+        .source_partition
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or(DEFAULT_PARTITION);
+    wanted == partition
 }
 
 #[cfg(test)]

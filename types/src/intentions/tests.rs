@@ -161,3 +161,28 @@ fn a_peer_source_never_matches_a_local_client() {
     assert!(d.allowed);
     assert_eq!(d.matched, None);
 }
+
+#[test]
+fn a_source_partition_must_be_the_callers() {
+    let mut eu = ixn("p", "default/web", "default/db", "allow");
+    eu.source_partition = Some("eu".into());
+    let default_web = client("default", "web");
+    let eu_web: ServiceId = format!(
+        "spiffe://678277b4-c121-fe15-9eff-637834838f87.consul/ap/eu/ns/default/dc/dc1/svc/web"
+    )
+    .parse()
+    .unwrap();
+    // An allow for eu's web does not admit the default partition's web, and the reverse.
+    let d = decide_matches([&eu], &default_web, ACL_DENY, Wording::Consul1_9);
+    assert_eq!((d.allowed, d.matched), (false, None));
+    let d = decide_matches([&eu], &eu_web, ACL_DENY, Wording::Consul1_9);
+    assert!(d.allowed);
+    let plain = ixn("q", "default/web", "default/db", "allow");
+    let d = decide_matches([&plain], &eu_web, ACL_DENY, Wording::Consul1_9);
+    assert_eq!((d.allowed, d.matched), (false, None));
+    for empty in [None, Some(String::new()), Some("default".to_owned())] {
+        let mut i = plain.clone();
+        i.source_partition = empty;
+        assert!(decide_matches([&i], &default_web, ACL_DENY, Wording::Consul1_9).allowed);
+    }
+}
