@@ -167,11 +167,10 @@ fn a_source_partition_must_be_the_callers() {
     let mut eu = ixn("p", "default/web", "default/db", "allow");
     eu.source_partition = Some("eu".into());
     let default_web = client("default", "web");
-    let eu_web: ServiceId = format!(
+    let eu_web: ServiceId =
         "spiffe://678277b4-c121-fe15-9eff-637834838f87.consul/ap/eu/ns/default/dc/dc1/svc/web"
-    )
-    .parse()
-    .unwrap();
+            .parse()
+            .unwrap();
     // An allow for eu's web does not admit the default partition's web, and the reverse.
     let d = decide_matches([&eu], &default_web, ACL_DENY, Wording::Consul1_9);
     assert_eq!((d.allowed, d.matched), (false, None));
