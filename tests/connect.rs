@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agent_sim::Agent;
 use consul_connect::acceptor::RejectReason;
-use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::agent::AgentClient;
 use consul_connect::api::Intention;
 use consul_connect::authz::{AgentAuthorizer, Authorizer, AuthzError, IntentionsAuthorizer};
 use consul_connect::dialer::{AttemptError, DialError, ServerRefusal};
@@ -20,22 +20,12 @@ use consul_connect::listener::Rejection;
 use consul_connect::tls::{peer_identity, VerifyError};
 use consul_connect::{ConnectListener, ConnectService, StaticResolver};
 use rustls::pki_types::ServerName;
-use support::agent::{sdk_client, start_agent, Raw, TRUST_DOMAIN};
+use support::agent::{fast_watch, sdk_client, start_agent, Raw, TRUST_DOMAIN};
 use support::certs::{LeafSpec, TestCa};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::broadcast;
 
 const READY: Duration = Duration::from_secs(10);
-
-fn fast_watch() -> WatchConfig {
-    WatchConfig {
-        wait: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        min_interval: Duration::from_millis(5),
-        poll_interval: Duration::from_millis(20),
-    }
-}
 
 async fn service(agent: &AgentClient, name: &str) -> ConnectService {
     let service = ConnectService::builder(name)

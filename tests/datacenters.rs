@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agent_sim::Agent;
-use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::agent::AgentClient;
 use consul_connect::http::HttpClient;
 use consul_connect::{CatalogResolver, ConnectListener, ConnectService};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use support::agent::{openssl, sdk_client, start_agent, temp_dir, Raw, TRUST_DOMAIN};
+use support::agent::{fast_watch, openssl, sdk_client, start_agent, temp_dir, Raw, TRUST_DOMAIN};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const READY: Duration = Duration::from_secs(10);
@@ -260,16 +260,6 @@ async fn intentions_are_replicated_and_writes_forwarded_to_the_primary() {
     let in_dc1 = raw1.get(&format!("/v1/connect/intentions/{id}")).await;
     assert_eq!(in_dc1.status, 200, "{}", in_dc1.body);
     assert_eq!(in_dc1.json()["SourceName"], "api");
-}
-
-fn fast_watch() -> WatchConfig {
-    WatchConfig {
-        wait: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        min_interval: Duration::from_millis(5),
-        poll_interval: Duration::from_millis(20),
-    }
 }
 
 async fn service(agent: &AgentClient, name: &str) -> ConnectService {

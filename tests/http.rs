@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::agent::AgentClient;
 use consul_connect::dialer::{DialError, ServerRefusal};
 use consul_connect::http::{
     serve, serve_connection, AuthorizedStream, Caller, ConnectConnector, ConnectorError, HttpClient,
@@ -31,22 +31,12 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use support::agent::{sdk_client, start_agent, temp_dir, Raw};
+use support::agent::{fast_watch, sdk_client, start_agent, temp_dir, Raw};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_rustls::TlsConnector;
 
 const READY: Duration = Duration::from_secs(10);
-
-fn fast_watch() -> WatchConfig {
-    WatchConfig {
-        wait: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        min_interval: Duration::from_millis(5),
-        poll_interval: Duration::from_millis(20),
-    }
-}
 
 async fn service(agent: &AgentClient, name: &str) -> ConnectService {
     let service = ConnectService::builder(name)

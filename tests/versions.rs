@@ -12,26 +12,16 @@ use std::time::Duration;
 
 use agent_sim::profile::ConsulVersion;
 use agent_sim::Agent;
-use consul_connect::agent::{AgentClient, WatchConfig};
+use consul_connect::agent::AgentClient;
 use consul_connect::api::{Intention, ServiceConnect, ServiceRegistration};
 use consul_connect::dialer::{AttemptError, DialError, ServerRefusal};
 use consul_connect::listener::Rejection;
 use consul_connect::{ConnectListener, ConnectService};
-use support::agent::{Raw, CLUSTER_ID};
+use support::agent::{fast_watch, Raw, CLUSTER_ID};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, watch};
 
 const READY: Duration = Duration::from_secs(10);
-
-fn fast_watch() -> WatchConfig {
-    WatchConfig {
-        wait: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        min_interval: Duration::from_millis(5),
-        poll_interval: Duration::from_millis(20),
-    }
-}
 
 /// `db` with the agent authorizer or the in-process intentions authorizer.
 async fn db(client: &AgentClient, in_process: bool) -> ConnectService {

@@ -563,19 +563,7 @@ impl CaProvider for BuiltinCa {
             });
         }
         let serial_number = serial_number(serial)?;
-        let ttl = Duration::try_from(ttl)
-            .ok()
-            .filter(|ttl| ttl.is_positive())
-            .ok_or_else(|| CaError::Validity {
-                reason: format!("leaf TTL {ttl:?} must be positive and representable"),
-            })?;
-        let not_before = backdated(now)?;
-        let not_after = not_before
-            .checked_add(ttl)
-            .ok_or_else(|| CaError::Validity {
-                reason: format!("{not_before} + {ttl} is out of range"),
-            })?;
-        check_encodable(not_after)?;
+        let (not_before, not_after) = validity(now, ttl, "leaf")?;
 
         let mut params = CertificateParams::default();
         params.serial_number = Some(serial_number);
@@ -711,19 +699,7 @@ impl CaProvider for BuiltinCa {
         };
         let spki = rcgen::SubjectPublicKeyInfo::from_der(public_key)
             .map_err(|e| invalid(format!("unsupported public key: {e}")))?;
-        let ttl = Duration::try_from(ttl)
-            .ok()
-            .filter(|ttl| ttl.is_positive())
-            .ok_or_else(|| CaError::Validity {
-                reason: format!("intermediate TTL {ttl:?} must be positive and representable"),
-            })?;
-        let not_before = backdated(now)?;
-        let not_after = not_before
-            .checked_add(ttl)
-            .ok_or_else(|| CaError::Validity {
-                reason: format!("{not_before} + {ttl} is out of range"),
-            })?;
-        check_encodable(not_after)?;
+        let (not_before, not_after) = validity(now, ttl, "intermediate")?;
         let mut params = CertificateParams::default();
         params.serial_number = Some(serial_number(serial)?);
         params.distinguished_name = common_name(common_name_text);
@@ -1206,6 +1182,29 @@ fn whole_seconds_utc(now: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
     let utc = utc.replace_nanosecond(0).unwrap_or(utc);
     check_encodable(utc)?;
     Ok(utc)
+}
+
+/// The validity of a certificate issued at `now` for `ttl`: backdated as Consul backdates,
+/// ending `ttl` later, encodable. `what` names the certificate in errors.
+fn validity(
+    now: OffsetDateTime,
+    ttl: std::time::Duration,
+    what: &str,
+) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+    let ttl = Duration::try_from(ttl)
+        .ok()
+        .filter(|ttl| ttl.is_positive())
+        .ok_or_else(|| CaError::Validity {
+            reason: format!("{what} TTL {ttl:?} must be positive and representable"),
+        })?;
+    let not_before = backdated(now)?;
+    let not_after = not_before
+        .checked_add(ttl)
+        .ok_or_else(|| CaError::Validity {
+            reason: format!("{not_before} + {ttl} is out of range"),
+        })?;
+    check_encodable(not_after)?;
+    Ok((not_before, not_after))
 }
 
 fn backdated(now: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
