@@ -42,6 +42,10 @@ pub use consul_connect_types::intentions;
 /// SPIFFE identities as Consul issues them (from `consul-connect-types`).
 pub use consul_connect_types::spiffe;
 
+/// The versions of the crates whose types appear in this crate's API, so that users need not
+/// match them by hand.
+pub use {hyper, rustls, tokio_rustls};
+
 pub use acceptor::ConnectAcceptor;
 pub use agent::AgentClient;
 pub use authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};

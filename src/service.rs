@@ -80,6 +80,10 @@ pub enum BuildError {
         /// The service name.
         service: String,
     },
+    /// [`build_ready`](ConnectServiceBuilder::build_ready): the service did not become ready
+    /// in time.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
 }
 
 /// A failure a watch or the material check reported.
@@ -279,6 +283,28 @@ impl ConnectServiceBuilder {
     pub fn watch_config(mut self, config: WatchConfig) -> Self {
         self.watch = config;
         self
+    }
+
+    /// [`build`](Self::build), then waits until the service is ready (its leaf and the roots
+    /// held and verified), at most `limit`: the one call a program usually needs.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), consul_connect::service::BuildError> {
+    /// use std::time::Duration;
+    /// let web = consul_connect::ConnectService::builder("web")
+    ///     .build_ready(Duration::from_secs(10))
+    ///     .await?;
+    /// println!("serving as {}", web.identity().expect("ready"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), or [`BuildError::NotReady`] saying what was still missing.
+    pub async fn build_ready(self, limit: Duration) -> Result<ConnectService, BuildError> {
+        let service = self.build().await?;
+        service.ready_timeout(limit).await?;
+        Ok(service)
     }
 
     /// Starts the roots and leaf watches. Returns at once; use [`ConnectService::ready`] to

@@ -229,3 +229,31 @@ async fn config_entry_and_l7_intentions_in_1_10() {
             .expect("the L7 intention decides within 5 s");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_ready_returns_a_ready_service_or_says_what_is_missing() {
+    let (_agent, client, _raw) = start(ConsulVersion::V1_10_9).await;
+    let web = ConnectService::builder("web")
+        .agent(client)
+        .build_ready(READY)
+        .await
+        .unwrap();
+    assert!(web.status().ready);
+    assert_eq!(web.identity().unwrap().service(), "web");
+
+    // Nothing listens there: the wait runs out and says what is missing.
+    let nowhere = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let err = ConnectService::builder("web")
+        .agent(AgentClient::new(&nowhere.to_string()).unwrap())
+        .build_ready(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, consul_connect::service::BuildError::NotReady(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("CA roots"), "{err}");
+}
