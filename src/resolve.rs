@@ -179,7 +179,7 @@ impl CatalogResolver {
     }
 
     /// Instances in this namespace (Consul Enterprise; sent as `?ns=`), whose certificates must
-    /// name it. Consul OSS refuses any but `default` ([`AgentError::EnterpriseOnly`](crate::agent::AgentError::EnterpriseOnly)).
+    /// name it. Consul OSS refuses any but `default` ([`AgentError::EnterpriseOnly`]).
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.agent = self.agent.with_namespace(ns);
         self

@@ -579,7 +579,7 @@ impl ConnectService {
     /// A rustls server configuration that authorizes every client inside the handshake, for
     /// servers that take a `rustls::ServerConfig` (hyper-rustls, tonic's TLS, ...). Only an
     /// authorizer that decides without I/O can run there, such as the
-    /// [`IntentionsAuthorizer`](crate::IntentionsAuthorizer): with the default agent
+    /// [`IntentionsAuthorizer`]: with the default agent
     /// authorizer, which asks the agent after the handshake, this is `None`; use
     /// [`acceptor`](Self::acceptor) then.
     pub fn authorizing_server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
@@ -655,7 +655,7 @@ pub struct DangerousService<'a>(&'a ConnectService);
 impl DangerousService<'_> {
     /// The raw rustls server configuration: client certificates required and verified
     /// against the current roots, the current leaf presented, no resumption. It runs only an
-    /// in-handshake authorizer: with the default [`AgentAuthorizer`](crate::AgentAuthorizer)
+    /// in-handshake authorizer: with the default [`AgentAuthorizer`]
     /// it **authorizes no one**, so a client that intentions deny still gets through. Use
     /// [`ConnectService::acceptor`] or [`ConnectService::authorizing_server_config`] instead,
     /// unless you authorize each connection yourself.

@@ -335,6 +335,44 @@ async fn custom_accept_loops_always_authorize() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composed_authorizers_decide_inside_the_handshake() {
+    use consul_connect::authz::compose::{all_of, allow_services, member_of};
+    use consul_connect::spiffe::TrustDomain;
+    let agent = start_agent().await;
+    let client = sdk_client(&agent);
+    let web = service(&client, "web").await;
+    let api = service(&client, "api").await;
+    let only_web_of_ours = all_of([
+        Arc::new(member_of([TrustDomain::new(TRUST_DOMAIN).unwrap()])) as Arc<dyn Authorizer>,
+        Arc::new(allow_services(["web"])) as _,
+    ]);
+    let db = ConnectService::builder("db")
+        .agent(client.clone())
+        .watch_config(fast_watch())
+        .authorizer(Arc::new(only_web_of_ours))
+        .build()
+        .await
+        .unwrap();
+    db.ready_timeout(READY).await.unwrap();
+    assert!(
+        db.authorizing_server_config().is_some(),
+        "identity rules decide inside the handshake"
+    );
+    let (addr, mut rejections) = echo_server(&db).await;
+    let mut conn = Conn::open(&web, addr, "db").await.unwrap();
+    let answer = conn.ask("hi").await.unwrap();
+    assert!(answer.starts_with("hi from web"), "{answer}");
+    assert_eq!(refusal(&api, addr).await, Ok(ServerRefusal::Denied));
+    let rejection = next_rejection(&mut rejections).await;
+    assert_eq!(rejection.peer.as_ref().map(|p| p.service()), Some("api"));
+    assert!(
+        rejection.reason.contains("api is not on the allow-list"),
+        "{}",
+        rejection.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_by_default_then_denied_by_an_intention() {
     let agent = start_agent().await;
     let client = sdk_client(&agent);

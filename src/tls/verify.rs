@@ -362,6 +362,9 @@ impl fmt::Display for ExpectedServer {
 /// });
 /// # let _ = only_web;
 /// ```
+///
+/// It is the synchronous, in-handshake form of [`crate::Authorizer`] (see there why both
+/// exist); a service gets it from its authorizer's `handshake_hook`.
 pub trait HandshakeAuthorizer: Send + Sync {
     /// `Ok(())` to let `peer` in, `Err(reason)` to refuse it.
     fn authorize(&self, peer: &ServiceId, serial: &str) -> Result<(), String>;

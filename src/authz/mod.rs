@@ -12,6 +12,8 @@
 //! [`ServerStream`](crate::acceptor::ServerStream)).
 
 use std::collections::HashMap;
+pub mod compose;
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +64,14 @@ pub enum AuthzError {
 }
 
 /// Decides whether a verified client may talk to this service.
+///
+/// Why there are two traits: an `Authorizer` may do I/O (it is async, and the listener asks it
+/// after the handshake, as the agent's authorize endpoint needs); a
+/// [`HandshakeAuthorizer`] runs inside rustls's synchronous
+/// certificate verifier, where nothing may block, so that a refusal is a TLS alert before any
+/// byte flows. An `Authorizer` that can decide without I/O offers its in-handshake form through
+/// [`handshake_hook`](Authorizer::handshake_hook); the listener then uses that alone. Identity
+/// rules and their combinations are in [`compose`].
 #[async_trait]
 pub trait Authorizer: Send + Sync + fmt::Debug {
     /// Decides for `peer` (already verified against the CA) connecting to `target`, presenting
