@@ -30,6 +30,9 @@ use tokio::sync::watch;
 mod config;
 mod default_policy;
 mod transport;
+mod watch_state;
+
+pub use watch_state::{AfterAnswer, WatchState};
 
 pub use config::*;
 use transport::AgentConnector;
@@ -794,59 +797,28 @@ pub async fn run_watch<T, F, Fut>(
     F: FnMut(QueryOptions) -> Fut,
     Fut: Future<Output = Result<Indexed<T>, AgentError>>,
 {
-    let mut index = 0u64;
-    let mut errors = 0u32;
+    let mut state = WatchState::new(config);
     loop {
         if *stop.borrow() {
             return;
         }
         let started = tokio::time::Instant::now();
-        let opts = QueryOptions {
-            index,
-            wait: Some(config.wait),
-            datacenter: None,
-        };
-        let blocking = opts.index > 0;
         let result = tokio::select! {
-            r = fetch(opts) => r,
+            r = fetch(state.next_query()) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let pause = match result {
             Ok(got) => {
-                // Only a blocking read proves the agent healthy again. A non-blocking read
-                // after an error may be answered from the agent's cache while its servers
-                // still fail every blocking read (a dead Raft leader): resetting on it would
-                // keep the back-off at its first step and storm the agent. An endpoint that
-                // sends no index never blocks, so any answer from it counts.
-                if blocking || got.index == 0 {
-                    errors = 0;
-                }
-                let changed = got.index != index || index == 0;
-                // An index that goes backwards means the agent's state was reset: start over.
-                index = if got.index < index {
-                    0
-                } else {
-                    got.index.max(1)
-                };
-                let interval = if got.index == 0 {
-                    config.poll_interval
-                } else {
-                    config.min_interval
-                };
-                if changed {
+                let after = state.on_answer(got.index, started.elapsed());
+                if after.report {
                     on_event(WatchEvent::Update(got));
                 }
-                interval.saturating_sub(started.elapsed())
+                after.pause
             }
             Err(e) => {
-                errors = errors.saturating_add(1);
-                // Start over after a failure: the next answer is read without blocking and
-                // always reported, so an agent that came back with a new CA at the same index
-                // is noticed (the receiver drops an unchanged value). The error count stays
-                // until a blocking read succeeds, so the back-off keeps growing meanwhile.
-                index = 0;
+                let pause = state.on_error();
                 on_event(WatchEvent::Error(e));
-                config.backoff(errors)
+                pause
             }
         };
         if !pause.is_zero() {
