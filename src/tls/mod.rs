@@ -33,7 +33,7 @@ mod material;
 mod refusal;
 mod verify;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
@@ -125,13 +125,40 @@ pub enum TlsError {
     },
 }
 
-/// The one crypto provider of this crate: aws-lc-rs, built explicitly rather than taken from
-/// a process-wide default that another library might have installed.
+/// The crypto provider this crate uses for every handshake and key.
+static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+
+/// The one crypto provider of this crate: the one given to [`set_crypto_provider`], else
+/// aws-lc-rs, built explicitly rather than taken from a process-wide default that another
+/// library might have installed.
 pub(crate) fn provider() -> &'static Arc<CryptoProvider> {
-    static PROVIDER: LazyLock<Arc<CryptoProvider>> =
-        LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    &PROVIDER
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
+
+/// Sets the crypto provider for every handshake, verification and key of this crate, for a
+/// FIPS build (`rustls::crypto::default_fips_provider()` with aws-lc-rs's `fips` feature) or
+/// a restricted set of cipher suites. Call it once, before the first service or configuration
+/// is built; the default is aws-lc-rs.
+///
+/// ```
+/// use std::sync::Arc;
+/// let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+/// provider.cipher_suites = vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384];
+/// consul_connect::tls::set_crypto_provider(Arc::new(provider))?;
+/// # Ok::<(), consul_connect::tls::ProviderAlreadySet>(())
+/// ```
+///
+/// # Errors
+///
+/// [`ProviderAlreadySet`] when a provider was set or used already; the first one stays.
+pub fn set_crypto_provider(provider: Arc<CryptoProvider>) -> Result<(), ProviderAlreadySet> {
+    PROVIDER.set(provider).map_err(|_| ProviderAlreadySet)
+}
+
+/// [`set_crypto_provider`] came too late: a provider was set or used already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the crypto provider is already set (set it once, before the first service is built)")]
+pub struct ProviderAlreadySet;
 
 #[cfg(test)]
 mod tests {
