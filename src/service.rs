@@ -926,7 +926,11 @@ impl Shared {
 
     fn record_error(&self, fetched: &mut Fetched, source: &'static str, message: String) {
         telemetry::watch_error(&self.name, source);
-        tracing::warn!(service = %self.name, source, error = %message, "keeping the last good Connect material");
+        if self.cell.load().is_some() {
+            tracing::warn!(service = %self.name, source, error = %message, "keeping the last good Connect material");
+        } else {
+            tracing::warn!(service = %self.name, source, error = %message, "no Connect material yet");
+        }
         fetched.clear_error(source);
         fetched.errors.push(WatchFailure {
             source,
