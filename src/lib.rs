@@ -30,6 +30,7 @@ pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod registration;
 pub mod resolve;
 mod revoke;
 pub mod service;

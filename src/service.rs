@@ -640,6 +640,40 @@ impl ConnectService {
         self.shared.stop.send_replace(true);
     }
 
+    /// Registers the service with the agent as Connect-native, listening at `addr` (ID and
+    /// name are the service's name), so that others find it by name. The registration is
+    /// renewed when the agent has forgotten it (checked every
+    /// [`DEFAULT_CHECK_INTERVAL`](crate::registration::DEFAULT_CHECK_INTERVAL)) and removed
+    /// when the returned [`Registration`](crate::registration::Registration) is dropped or the
+    /// service shut down.
+    ///
+    /// # Errors
+    ///
+    /// The agent's answer to the first registration.
+    pub async fn register(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<crate::registration::Registration, AgentError> {
+        self.register_checking_every(addr, crate::registration::DEFAULT_CHECK_INTERVAL)
+            .await
+    }
+
+    /// [`register`](Self::register), checking the registration every `interval`.
+    pub async fn register_checking_every(
+        &self,
+        addr: std::net::SocketAddr,
+        interval: Duration,
+    ) -> Result<crate::registration::Registration, AgentError> {
+        crate::registration::Registration::start(
+            self.shared.agent.clone(),
+            &self.shared.name,
+            addr,
+            interval,
+            self.shared.stop.subscribe(),
+        )
+        .await
+    }
+
     fn shutdown_error(&self) -> NotReady {
         NotReady::Shutdown {
             service: self.shared.name.clone(),

@@ -257,3 +257,63 @@ async fn build_ready_returns_a_ready_service_or_says_what_is_missing() {
     );
     assert!(err.to_string().contains("CA roots"), "{err}");
 }
+
+/// Polls the agent's service list until `present` holds for `id`, at most 5 s.
+async fn listed(raw: &Raw, id: &str, present: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let services = raw.get("/v1/agent/services").await.json();
+        if services.get(id).is_some() == present {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} listed: {} after 5 s, wanted {present}",
+            !present
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_kept_and_removed_with_its_service() {
+    for version in ConsulVersion::ALL {
+        let (_agent, client, raw) = start(version).await;
+        let db = ConnectService::builder("db")
+            .agent(client.clone())
+            .build_ready(READY)
+            .await
+            .unwrap();
+        let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+        let registration = db
+            .register_checking_every(listener.local_addr(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        let services = raw.get("/v1/agent/services").await.json();
+        assert_eq!(
+            services["db"]["Port"],
+            listener.local_addr().port(),
+            "{version}"
+        );
+        assert_eq!(services["db"]["Connect"]["Native"], true, "{version}");
+
+        // The agent forgets it (a restarted dev agent): it is registered again.
+        let forgot = raw.put("/v1/agent/service/deregister/db", "").await;
+        assert_eq!(forgot.status, 200, "{}", forgot.body);
+        listed(&raw, "db", true).await;
+
+        // Dropping the registration deregisters it.
+        drop(registration);
+        listed(&raw, "db", false).await;
+
+        // So does shutting the service down.
+        let again = db
+            .register_checking_every(listener.local_addr(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        listed(&raw, "db", true).await;
+        db.shutdown();
+        listed(&raw, "db", false).await;
+        drop(again);
+    }
+}
