@@ -522,18 +522,21 @@ impl ConnectService {
         &self.shared.agent
     }
 
-    /// Waits until a leaf valid under the current roots is held.
-    pub async fn ready(&self) -> Result<(), NotReady> {
+    /// Waits until a leaf valid under the current roots is held, and returns the identity it
+    /// proves (what [`identity`](Self::identity) then returns too).
+    pub async fn ready(&self) -> Result<ServiceId, NotReady> {
         let mut ready = self.shared.ready.subscribe();
         let mut stop = self.shared.stop.subscribe();
         tokio::select! {
-            r = ready.wait_for(|r| *r) => r.map(|_| ()).map_err(|_| self.shutdown_error()),
-            _ = stop.wait_for(|s| *s) => Err(self.shutdown_error()),
-        }
+            r = ready.wait_for(|r| *r) => r.map_err(|_| self.shutdown_error())?,
+            _ = stop.wait_for(|s| *s) => return Err(self.shutdown_error()),
+        };
+        // Ready means material is held (it is stored before readiness is announced).
+        self.identity().ok_or_else(|| self.shutdown_error())
     }
 
     /// [`ConnectService::ready`] with a limit; the error says what is missing.
-    pub async fn ready_timeout(&self, limit: Duration) -> Result<(), NotReady> {
+    pub async fn ready_timeout(&self, limit: Duration) -> Result<ServiceId, NotReady> {
         match tokio::time::timeout(limit, self.ready()).await {
             Ok(result) => result,
             Err(_) => {

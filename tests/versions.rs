@@ -240,6 +240,8 @@ async fn build_ready_returns_a_ready_service_or_says_what_is_missing() {
         .unwrap();
     assert!(web.status().ready);
     assert_eq!(web.identity().unwrap().service(), "web");
+    // ready() hands out the identity it waited for.
+    assert_eq!(web.ready().await.unwrap(), web.identity().unwrap());
 
     // Nothing listens there: the wait runs out and says what is missing.
     let nowhere = {
