@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::agent::AgentClient;
-use crate::resolve::{Candidate, CatalogResolver, ResolveError, Resolver};
+use crate::resolve::{Candidate, CatalogResolver, LastKnownGood, ResolveError, Resolver};
 use crate::telemetry;
 use crate::tls::VerifyError;
 use crate::tls::{ConnectClientConfig, MaterialCell};
@@ -145,6 +145,8 @@ pub struct ConnectDialer {
     agent: AgentClient,
     cell: Arc<MaterialCell>,
     client: ConnectClientConfig,
+    /// The service's memory of past discoveries, for dials while the agent is down.
+    discovery: LastKnownGood,
     /// Keeps the dialing service's watches running for as long as the dialer lives.
     _service: Arc<dyn std::any::Any + Send + Sync>,
     timeout: Duration,
@@ -176,6 +178,7 @@ impl ConnectDialer {
         agent: AgentClient,
         cell: Arc<MaterialCell>,
         client: ConnectClientConfig,
+        discovery: LastKnownGood,
         service: Arc<dyn std::any::Any + Send + Sync>,
     ) -> Self {
         Self {
@@ -183,6 +186,7 @@ impl ConnectDialer {
             agent,
             cell,
             client,
+            discovery,
             _service: service,
             timeout: DEFAULT_DIAL_TIMEOUT,
             alpn: None,
@@ -210,9 +214,16 @@ impl ConnectDialer {
         self
     }
 
+    /// A [`CatalogResolver`] for `service` through the dialing service's agent, remembering
+    /// its answers for dials while the agent cannot be reached ([`LastKnownGood`]), as
+    /// [`dial_service`](Self::dial_service) and the HTTP connector use.
+    pub fn catalog(&self, service: impl Into<String>) -> CatalogResolver {
+        CatalogResolver::new(self.agent.clone(), service).last_known_good(self.discovery.clone())
+    }
+
     /// Finds `service` through the agent's catalog and dials it.
     pub async fn dial_service(&self, service: &str) -> Result<ClientStream, DialError> {
-        let resolver = CatalogResolver::new(self.agent.clone(), service);
+        let resolver = self.catalog(service);
         self.dial(&resolver).await
     }
 

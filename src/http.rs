@@ -59,7 +59,7 @@ use tower_service::Service;
 
 use crate::dialer::{ClientStream, DialError, DEFAULT_DIAL_TIMEOUT};
 use crate::listener::{ConnectListener, ServerStream};
-use crate::resolve::{CatalogResolver, PreparedQueryResolver};
+use crate::resolve::PreparedQueryResolver;
 use crate::service::ConnectService;
 use crate::spiffe::ServiceId;
 
@@ -558,8 +558,10 @@ impl ConnectConnector {
         let target = ConsulName::parse(host)?;
         let agent = self.service.agent().clone();
         let resolver: Box<dyn crate::resolve::Resolver> = match (target.query, target.datacenter) {
-            (false, None) => Box::new(CatalogResolver::new(agent, target.name)),
-            (false, Some(dc)) => Box::new(CatalogResolver::new(agent, target.name).datacenter(dc)),
+            (false, None) => Box::new(self.service.dialer().catalog(target.name)),
+            (false, Some(dc)) => {
+                Box::new(self.service.dialer().catalog(target.name).datacenter(dc))
+            }
             (true, None) => Box::new(PreparedQueryResolver::new(agent, target.name)),
             (true, Some(dc)) => {
                 Box::new(PreparedQueryResolver::new(agent, target.name).datacenter(dc))

@@ -1,7 +1,9 @@
 //! Where to dial: resolvers turn a service name into candidate instances, each with the
 //! identity its server must prove.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rand::seq::SliceRandom;
@@ -144,6 +146,31 @@ pub struct CatalogResolver {
     service: String,
     datacenter: Option<String>,
     tag: Option<String>,
+    last_known_good: Option<LastKnownGood>,
+}
+
+/// The last answer of each discovery, used while the agent cannot be reached: without it
+/// every new connection fails during an agent restart, although the instances themselves are
+/// still up (and each is still verified by its certificate when dialed). Shared by clones;
+/// every [`ConnectService`](crate::ConnectService)'s dialer has one.
+#[derive(Debug, Clone, Default)]
+pub struct LastKnownGood {
+    answers: Arc<Mutex<HashMap<DiscoveryKey, Vec<Candidate>>>>,
+}
+
+/// What a catalog discovery asked: service, datacenter, tag, namespace, partition.
+type DiscoveryKey = (String, Option<String>, Option<String>, String, String);
+
+impl LastKnownGood {
+    /// An empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DiscoveryKey, Vec<Candidate>>> {
+        // Plain data: a panic elsewhere cannot leave it half-written in a harmful way.
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The namespace and partition instances are expected in: the agent client's scope, else
@@ -163,6 +190,7 @@ impl CatalogResolver {
             service: service.into(),
             datacenter: None,
             tag: None,
+            last_known_good: None,
         }
     }
 
@@ -170,6 +198,24 @@ impl CatalogResolver {
     pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
         self.datacenter = Some(dc.into());
         self
+    }
+
+    /// Remembers each answer in `memory`, and answers from it while the agent cannot be
+    /// reached (it does not when the agent answers with an error: a refusal is not an outage).
+    pub fn last_known_good(mut self, memory: LastKnownGood) -> Self {
+        self.last_known_good = Some(memory);
+        self
+    }
+
+    fn key(&self) -> DiscoveryKey {
+        let (ns, partition) = scope(&self.agent);
+        (
+            self.service.clone(),
+            self.datacenter.clone(),
+            self.tag.clone(),
+            ns.to_owned(),
+            partition.to_owned(),
+        )
     }
 
     /// Only instances with this tag.
@@ -204,17 +250,40 @@ impl Resolver for CatalogResolver {
             datacenter: self.datacenter.clone(),
             ..QueryOptions::default()
         };
-        let entries = self
+        let entries = match self
             .agent
             .health_connect(&self.service, self.tag.as_deref(), &opts)
             .await
-            .map_err(|source| {
-                ResolveError::from_agent(&self.service, self.datacenter.as_deref(), source)
-            })?
-            .value;
+        {
+            Ok(entries) => entries.value,
+            Err(source) => {
+                let outage = matches!(
+                    source,
+                    AgentError::Unreachable { .. } | AgentError::Timeout { .. }
+                );
+                let remembered = self
+                    .last_known_good
+                    .as_ref()
+                    .filter(|_| outage)
+                    .and_then(|memory| memory.lock().get(&self.key()).cloned());
+                if let Some(mut candidates) = remembered {
+                    tracing::warn!(service = %self.service, error = %source, "the agent cannot be reached; dialing the last instances it named");
+                    candidates.shuffle(&mut rand::rng());
+                    return Ok(candidates);
+                }
+                return Err(ResolveError::from_agent(
+                    &self.service,
+                    self.datacenter.as_deref(),
+                    source,
+                ));
+            }
+        };
         let scope = scope(&self.agent);
         let mut candidates: Vec<Candidate> =
             entries.iter().filter_map(|e| candidate(e, scope)).collect();
+        if let Some(memory) = &self.last_known_good {
+            memory.lock().insert(self.key(), candidates.clone());
+        }
         if candidates.is_empty() {
             return Err(ResolveError::NoInstances {
                 service: self.service.clone(),

@@ -387,6 +387,7 @@ impl ConnectServiceBuilder {
         let cell = Arc::new(MaterialCell::new());
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
+            discovery: crate::resolve::LastKnownGood::new(),
             server: server_config_with_clock(
                 cell.clone(),
                 authorizer.handshake_hook(),
@@ -443,6 +444,8 @@ struct Shared {
     name: String,
     datacenter: Option<String>,
     agent: AgentClient,
+    /// Past discoveries of this service's dialers (see [`crate::resolve::LastKnownGood`]).
+    discovery: crate::resolve::LastKnownGood,
     cell: Arc<MaterialCell>,
     server: Arc<rustls::ServerConfig>,
     client: ConnectClientConfig,
@@ -633,6 +636,7 @@ impl ConnectService {
             self.shared.agent.clone(),
             self.shared.cell.clone(),
             self.shared.client.clone(),
+            self.shared.discovery.clone(),
             self.shared.clone(),
         )
     }

@@ -319,3 +319,26 @@ async fn a_registration_is_kept_and_removed_with_its_service() {
         drop(again);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_by_name_goes_on_while_the_agent_is_down() {
+    let (agent, client, _raw) = start(ConsulVersion::V1_10_9).await;
+    let db = db(&client, true).await;
+    let _served = serve(&db).await;
+    let web = ConnectService::builder("web")
+        .agent(client.clone())
+        .build_ready(READY)
+        .await
+        .unwrap();
+    assert_eq!(echo_by_name(&web).await, Ok("ping\n".into()));
+
+    agent.shutdown().await;
+    // A resolver without the service's memory cannot discover db now...
+    let forgetful = consul_connect::CatalogResolver::new(client.clone(), "db");
+    let err = consul_connect::Resolver::resolve(&forgetful)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+    // ...the service's dialer dials the instances the agent last named, verified as ever.
+    assert_eq!(echo_by_name(&web).await, Ok("ping\n".into()));
+}
