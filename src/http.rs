@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -702,6 +702,24 @@ pub enum ClientError {
         /// hyper-util's error.
         source: hyper_util::client::legacy::Error,
     },
+    /// The answer's body could not be read to its end.
+    #[error("reading the answer to {uri}: {source}")]
+    Body {
+        /// The request URI.
+        uri: Uri,
+        /// hyper's error.
+        source: hyper::Error,
+    },
+    /// The answer's body is not the JSON asked for.
+    #[error("the answer to {uri} ({status}) is not the JSON expected: {source}")]
+    Json {
+        /// The request URI.
+        uri: Uri,
+        /// The answer's status.
+        status: http::StatusCode,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
 }
 
 impl ClientError {
@@ -819,6 +837,64 @@ where
     {
         let request = Request::get(uri).body(B::default())?;
         self.request(request).await
+    }
+
+    /// `GET uri`, and the answer's status and body as text (invalid UTF-8 replaced).
+    ///
+    /// ```no_run
+    /// # async fn run(web: consul_connect::ConnectService) -> Result<(), consul_connect::http::ClientError> {
+    /// let client: consul_connect::http::HttpClient = consul_connect::http::HttpClient::new(&web);
+    /// let (status, body) = client.get_text("http://api.service.consul/").await?;
+    /// println!("{status}: {body}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_text<U>(&self, uri: U) -> Result<(http::StatusCode, String), ClientError>
+    where
+        B: Default,
+        Uri: TryFrom<U>,
+        <Uri as TryFrom<U>>::Error: Into<http::Error>,
+    {
+        let (status, _, bytes) = self.get_bytes(uri).await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// `GET uri`, and the answer's body decoded from JSON, whatever its status.
+    pub async fn get_json<T, U>(&self, uri: U) -> Result<T, ClientError>
+    where
+        T: serde::de::DeserializeOwned,
+        B: Default,
+        Uri: TryFrom<U>,
+        <Uri as TryFrom<U>>::Error: Into<http::Error>,
+    {
+        let (status, uri, bytes) = self.get_bytes(uri).await?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Json {
+            uri,
+            status,
+            source,
+        })
+    }
+
+    /// `GET uri`, read to the end.
+    async fn get_bytes<U>(&self, uri: U) -> Result<(http::StatusCode, Uri, Bytes), ClientError>
+    where
+        B: Default,
+        Uri: TryFrom<U>,
+        <Uri as TryFrom<U>>::Error: Into<http::Error>,
+    {
+        let request = Request::get(uri).body(B::default())?;
+        let uri = request.uri().clone();
+        let response = self.request(request).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Body {
+                uri: uri.clone(),
+                source,
+            })?
+            .to_bytes();
+        Ok((status, uri, bytes))
     }
 
     /// The underlying hyper-util client.

@@ -799,3 +799,47 @@ async fn curl_with_a_leaf_gets_an_answer_naming_it_until_denied() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_text_and_get_json_read_the_whole_answer() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    let app = Router::new()
+        .route(
+            "/text",
+            get(|caller: Caller| async move { format!("hello {}", caller.service()) }),
+        )
+        .route(
+            "/json",
+            get(|caller: Caller| async move {
+                axum::Json(serde_json::json!({"caller": caller.service(), "n": 7}))
+            }),
+        );
+    let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+    register(&raw, "db", listener.local_addr()).await;
+    tokio::spawn(serve(listener, app));
+
+    let http = HttpClient::new(&web);
+    let (status, text) = http
+        .get_text("http://db.service.consul/text")
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), text.as_str()), (200, "hello web"));
+    let json: serde_json::Value = http
+        .get_json("http://db.service.consul/json")
+        .await
+        .unwrap();
+    assert_eq!(json, serde_json::json!({"caller": "web", "n": 7}));
+    // Not JSON: a typed error with the status and the URI.
+    let err = http
+        .get_json::<serde_json::Value, _>("http://db.service.consul/text")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, consul_connect::http::ClientError::Json { status, .. } if *status == 200),
+        "{err:?}"
+    );
+}
