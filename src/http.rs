@@ -273,6 +273,69 @@ where
     }
 }
 
+/// [`serve`] until `signal` completes, then shuts down gracefully: no new connection is
+/// accepted, requests in progress finish (HTTP/2 connections get GOAWAY), and this returns once
+/// every connection has ended.
+///
+/// ```no_run
+/// # #[cfg(feature = "axum")]
+/// # async fn run(api: consul_connect::ConnectService, app: axum::Router) -> std::io::Result<()> {
+/// use consul_connect::http::serve_with_graceful_shutdown;
+/// use consul_connect::ConnectListener;
+///
+/// let listener = ConnectListener::bind(&api, "127.0.0.1:9292").await?;
+/// serve_with_graceful_shutdown(listener, app, async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// The listener's, if it fails before the signal.
+pub async fn serve_with_graceful_shutdown<S, B>(
+    mut listener: ConnectListener,
+    service: S,
+    signal: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = accept_authorized(&mut listener) => {
+                let stream = accepted?;
+                let service = service.clone();
+                let mut stopping = stopping.clone();
+                connections.spawn(async move {
+                    let caller = stream.caller().clone();
+                    let stop = async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = serve_connection_until(stream, service, stop).await {
+                        tracing::debug!(%caller, error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut signal => break,
+        }
+    }
+    drop(listener);
+    stop.send_replace(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
 /// Serves `service` on one accepted connection until the client closes it.
 ///
 /// The protocol is the one agreed with ALPN: `h2` gets HTTP/2 only, `http/1.1` HTTP/1.1 only
@@ -299,6 +362,38 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    serve_connection_until(stream, service, std::future::pending()).await
+}
+
+/// [`serve_connection`], shutting the connection down gracefully once `shutdown` completes:
+/// requests in progress finish, no new one is read (HTTP/2 sends GOAWAY).
+async fn serve_connection_until<S, B>(
+    stream: AuthorizedStream,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Drives `$conn` to its end, asking it to shut down gracefully once `shutdown` completes.
+    macro_rules! until_shutdown {
+        ($conn:expr) => {{
+            let mut conn = std::pin::pin!($conn);
+            let mut shutdown = std::pin::pin!(shutdown);
+            tokio::select! {
+                result = conn.as_mut() => result.map_err(Into::into),
+                () = &mut shutdown => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(Into::into)
+                }
+            }
+        }};
+    }
     let alpn = stream.alpn_protocol().map(<[u8]>::to_vec);
     let service = WithCaller {
         caller: stream.caller().clone(),
@@ -308,24 +403,28 @@ where
     // The timer gives HTTP/1 its default 30 s limit for reading a request's headers.
     // HTTP/1 connections wake themselves for every request body; see `PollAgain`.
     match alpn.as_deref() {
-        Some(b"h2") => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, service)
-            .await
-            .map_err(Into::into),
-        Some(b"http/1.1") => PollAgain::new(
-            hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .with_upgrades(),
+        Some(b"h2") => until_shutdown!(hyper::server::conn::http2::Builder::new(
+            TokioExecutor::new()
         )
-        .await
-        .map_err(Into::into),
+        .timer(TokioTimer::new())
+        .serve_connection(io, service)),
+        Some(b"http/1.1") => {
+            PollAgain::new(async move {
+                until_shutdown!(hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service)
+                    .with_upgrades())
+            })
+            .await
+        }
         _ => {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new());
             builder.http2().timer(TokioTimer::new());
-            PollAgain::new(builder.serve_connection_with_upgrades(io, service)).await
+            PollAgain::new(async move {
+                until_shutdown!(builder.serve_connection_with_upgrades(io, service))
+            })
+            .await
         }
     }
 }

@@ -843,3 +843,78 @@ async fn get_text_and_get_json_read_the_whole_answer() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_progress_and_accepts_no_more() {
+    let agent = start_agent().await;
+    let raw = Raw::new(&agent);
+    let client = sdk_client(&agent);
+    let db = service(&client, "db").await;
+    let web = service(&client, "web").await;
+    // `/slow` answers when told to, and says when it has started.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = {
+        let (started, release) = (started.clone(), release.clone());
+        Router::new().route(
+            "/slow",
+            get(move || {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    "finished"
+                }
+            }),
+        )
+    };
+    let listener = ConnectListener::bind(&db, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    register(&raw, "db", addr).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(consul_connect::http::serve_with_graceful_shutdown(
+        listener,
+        app,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let slow = |connector: ConnectConnector| {
+        let http: HttpClient = HttpClient::with_connector(connector);
+        tokio::spawn(async move { http.get_text("http://db.service.consul/slow").await })
+    };
+
+    // While the server runs, a request finishes normally (HTTP/2).
+    let in_flight = slow(ConnectConnector::new(&web));
+    started.notified().await;
+    release.notify_one();
+    let (status, body) = in_flight.await.unwrap().unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "finished"));
+
+    // Shut down while a request (HTTP/1.1) is in progress.
+    let in_flight = slow(ConnectConnector::new(&web).http1_only());
+    started.notified().await;
+    stop.send(()).unwrap();
+    // No new connection is accepted once the listener is gone...
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "still accepting after the shutdown signal");
+    // ...the request in progress still gets its answer, and the server then returns.
+    assert!(
+        !server.is_finished(),
+        "returned before the request in progress ended"
+    );
+    release.notify_one();
+    let (status, body) = in_flight.await.unwrap().unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "finished"));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server returns once its connections end")
+        .unwrap()
+        .unwrap();
+}
