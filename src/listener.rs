@@ -41,8 +41,17 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Options of a [`ConnectListener`].
+/// Options of a [`ConnectListener`], built from [`Default`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = consul_connect::listener::ListenerConfig::default()
+///     .handshake_timeout(Duration::from_secs(5))
+///     .max_connection_age(Duration::from_secs(3600));
+/// assert_eq!(options.max_connection_age, Some(Duration::from_secs(3600)));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ListenerConfig {
     /// Time allowed for handshake plus authorization (default 10 s).
     pub handshake_timeout: Duration,
@@ -51,6 +60,26 @@ pub struct ListenerConfig {
     /// Connections older than this are closed (default `None`: never), whatever the
     /// intentions say. See [`ConnectAcceptor::max_connection_age`].
     pub max_connection_age: Option<Duration>,
+}
+
+impl ListenerConfig {
+    /// Time allowed for handshake plus authorization.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Handshakes in progress at once; past it the oldest is shed.
+    pub fn max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max;
+        self
+    }
+
+    /// Connections older than `age` are closed.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.max_connection_age = Some(age);
+        self
+    }
 }
 
 impl Default for ListenerConfig {

@@ -462,10 +462,7 @@ async fn connections_are_closed_at_their_maximum_age() {
     let db = service(&client, "db").await;
     let web = service(&client, "web").await;
     let limit = Duration::from_millis(300);
-    let config = consul_connect::listener::ListenerConfig {
-        max_connection_age: Some(limit),
-        ..Default::default()
-    };
+    let config = consul_connect::listener::ListenerConfig::default().max_connection_age(limit);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut listener = ConnectListener::with_config(&db, tcp, config).unwrap();
     let addr = listener.local_addr();

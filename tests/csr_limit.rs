@@ -87,13 +87,13 @@ async fn the_sdk_retries_a_rate_limited_leaf_and_becomes_ready() {
 
     let service = ConnectService::builder("db")
         .agent(sdk_client(&agent))
-        .watch_config(WatchConfig {
-            wait: Duration::from_secs(30),
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(100),
-            min_interval: Duration::from_millis(5),
-            poll_interval: Duration::from_millis(20),
-        })
+        .watch_config(
+            WatchConfig::default()
+                .wait(Duration::from_secs(30))
+                .backoff_range(Duration::from_millis(20), Duration::from_millis(100))
+                .min_interval(Duration::from_millis(5))
+                .poll_interval(Duration::from_millis(20)),
+        )
         .build()
         .await
         .unwrap();

@@ -155,11 +155,7 @@ fn drain(rejections: &mut broadcast::Receiver<Rejection>, seen: &mut Vec<Rejecti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_is_closed_after_the_handshake_timeout() {
     let timeout = Duration::from_millis(400);
-    let mut s = setup(ListenerConfig {
-        handshake_timeout: timeout,
-        ..ListenerConfig::default()
-    })
-    .await;
+    let mut s = setup(ListenerConfig::default().handshake_timeout(timeout)).await;
     let mut idle = TcpStream::connect(s.addr).await.unwrap();
     let opened = Instant::now();
     let local = idle.local_addr().unwrap();
@@ -190,11 +186,7 @@ async fn idle_connection_is_closed_after_the_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_handshakes_are_cut_off_and_others_are_served() {
     let timeout = Duration::from_secs(2);
-    let mut s = setup(ListenerConfig {
-        handshake_timeout: timeout,
-        ..ListenerConfig::default()
-    })
-    .await;
+    let mut s = setup(ListenerConfig::default().handshake_timeout(timeout)).await;
     let hello = Arc::new(client_hello());
     let dribbled = Arc::new(AtomicUsize::new(0));
     const LORISES: usize = 20;
@@ -270,11 +262,7 @@ async fn slow_loris_handshakes_are_cut_off_and_others_are_served() {
 async fn a_thousand_half_open_connections_do_not_starve_legitimate_clients() {
     const HALF_OPEN: usize = 1000;
     let timeout = Duration::from_secs(4);
-    let mut s = setup(ListenerConfig {
-        handshake_timeout: timeout,
-        ..ListenerConfig::default()
-    })
-    .await;
+    let mut s = setup(ListenerConfig::default().handshake_timeout(timeout)).await;
     let hello = client_hello();
     let attack_started = Instant::now();
     let mut attackers = Vec::with_capacity(HALF_OPEN);
@@ -329,11 +317,11 @@ async fn a_thousand_half_open_connections_do_not_starve_legitimate_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_beyond_max_pending_do_not_starve_legitimate_clients() {
     let max_pending = 16;
-    let s = setup(ListenerConfig {
-        handshake_timeout: Duration::from_secs(3),
-        max_pending,
-        ..ListenerConfig::default()
-    })
+    let s = setup(
+        ListenerConfig::default()
+            .handshake_timeout(Duration::from_secs(3))
+            .max_pending(max_pending),
+    )
     .await;
     let mut idle = Vec::new();
     for _ in 0..2 * max_pending {

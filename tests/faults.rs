@@ -269,10 +269,7 @@ async fn a_leaf_query_abandoned_by_a_previous_process_does_not_stall_the_next() 
     let agent = support::agent::start_agent().await;
     let proxy = LeafStallProxy::start(agent.addr()).await;
     let client = AgentClient::new(&proxy.addr().to_string()).unwrap();
-    let long_wait = consul_connect::agent::WatchConfig {
-        wait: Duration::from_secs(30),
-        ..watch_config()
-    };
+    let long_wait = watch_config().wait(Duration::from_secs(30));
 
     // The first process: ready, its leaf watch parked in a blocking query, then gone.
     let first = ConnectService::builder("web")
@@ -479,12 +476,9 @@ async fn the_rate_bound_catches_a_watch_that_does_not_back_off() {
     // few milliseconds: the check must fail it, or it proves nothing.
     let fault = Reply::status("fault", 500, "rpc error: No cluster leader");
     let mock = MockAgent::start("web", fault.clone(), fault).await;
-    let hammering = consul_connect::agent::WatchConfig {
-        backoff_base: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(5),
-        min_interval: Duration::from_millis(5),
-        ..watch_config()
-    };
+    let hammering = watch_config()
+        .backoff_range(Duration::from_millis(5), Duration::from_millis(5))
+        .min_interval(Duration::from_millis(5));
     let web = ConnectService::builder("web")
         .agent(mock.client())
         .watch_config(hammering)

@@ -96,10 +96,7 @@ async fn handshakes_denials_and_rotations_are_counted() {
 
     let agent = start_agent().await;
     let client = sdk_client(&agent);
-    let watch = WatchConfig {
-        min_interval: Duration::from_millis(5),
-        ..WatchConfig::default()
-    };
+    let watch = WatchConfig::default().min_interval(Duration::from_millis(5));
     let db = ConnectService::builder("db")
         .agent(client.clone())
         .watch_config(watch.clone())

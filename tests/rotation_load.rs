@@ -18,10 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn service(client: &consul_connect::AgentClient, name: &str) -> ConnectService {
     let service = ConnectService::builder(name)
         .agent(client.clone())
-        .watch_config(WatchConfig {
-            min_interval: Duration::from_millis(5),
-            ..WatchConfig::default()
-        })
+        .watch_config(WatchConfig::default().min_interval(Duration::from_millis(5)))
         .build()
         .await
         .unwrap();

@@ -12,12 +12,15 @@
 
 use std::collections::BTreeMap;
 
-use consul_connect::api::Intention;
 use agent_sim::intentions::{fill_defaults, validate, IntentionSet};
+use consul_connect::api::Intention;
 use consul_connect::intentions::{
     compare_precedence, decide_matches, decide_matches_by_name, precedence, DefaultDecision,
-    WILDCARD,
+    Wording, WILDCARD,
 };
+
+/// The reasons' wording does not change the decisions compared here.
+const WORDING: Wording = Wording::Consul1_9;
 use consul_connect::spiffe::{ServiceId, TrustDomain};
 use libfuzzer_sys::fuzz_target;
 
@@ -180,18 +183,20 @@ fn check_queries(set: &IntentionSet, model: &BTreeMap<String, Intention>) {
         ] {
             // Sources: every source pair in the model that is a valid SPIFFE service id.
             for src in model.values().take(4) {
-                let checked = set.check(&src.source_ns, &src.source_name, ns, name, default);
+                let checked =
+                    set.check(&src.source_ns, &src.source_name, ns, name, default, WORDING);
                 let want = decide_matches_by_name(
                     expected.iter().copied(),
                     &src.source_ns,
                     &src.source_name,
                     default,
+                    WORDING,
                 );
                 assert_eq!(checked, want, "check({src}) for {ns:?}/{name:?}");
                 if let Ok(id) = ServiceId::new(td.clone(), &src.source_ns, "dc1", &src.source_name)
                 {
-                    let decided = set.decide(&id, ns, name, default);
-                    let want = decide_matches(expected.iter().copied(), &id, default);
+                    let decided = set.decide(&id, ns, name, default, WORDING);
+                    let want = decide_matches(expected.iter().copied(), &id, default, WORDING);
                     assert_eq!(decided, want, "decide({id}) for {ns:?}/{name:?}");
                     assert!(decided.examined <= expected.len());
                 }

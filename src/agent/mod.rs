@@ -171,8 +171,18 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Options of one read.
+/// Options of one read, built from [`Default`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// let blocking = consul_connect::agent::QueryOptions::default()
+///     .index(42)
+///     .wait(Duration::from_secs(30))
+///     .datacenter("dc2");
+/// assert_eq!(blocking.index, 42);
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct QueryOptions {
     /// Blocking: return once the resource's index is past this (0 = do not block).
     pub index: u64,
@@ -180,6 +190,26 @@ pub struct QueryOptions {
     pub wait: Option<Duration>,
     /// Datacenter to ask (the agent's own when `None`).
     pub datacenter: Option<String>,
+}
+
+impl QueryOptions {
+    /// Block until the resource's index is past `index` (0: do not block).
+    pub fn index(mut self, index: u64) -> Self {
+        self.index = index;
+        self
+    }
+
+    /// The longest wait of a blocking read.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Ask this datacenter instead of the agent's own.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
 }
 
 /// A value with the `X-Consul-Index` it was read at.
@@ -727,8 +757,18 @@ fn push_param(query: &mut String, key: &str, value: &str) {
     query.push_str(&form_query(&[(key, value)]));
 }
 
-/// How a blocking-query watch paces itself.
+/// How a blocking-query watch paces itself. Built from [`Default`] and the setters, so a new
+/// setting never breaks a caller:
+///
+/// ```
+/// use std::time::Duration;
+/// let pacing = consul_connect::agent::WatchConfig::default()
+///     .wait(Duration::from_secs(60))
+///     .backoff_range(Duration::from_millis(100), Duration::from_secs(10));
+/// assert_eq!(pacing.wait, Duration::from_secs(60));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WatchConfig {
     /// The blocking wait sent as `?wait=`.
     pub wait: Duration,
@@ -757,6 +797,31 @@ impl Default for WatchConfig {
 }
 
 impl WatchConfig {
+    /// The blocking wait sent as `?wait=`.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The first delay after an error (doubling with each consecutive one) and the longest.
+    pub fn backoff_range(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The shortest time between two requests.
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
+    }
+
+    /// The time between two requests to an endpoint that cannot block.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
     /// The delay after `errors` consecutive errors: exponential, capped, with jitter in its
     /// upper half so watchers of a restarted agent do not return together.
     pub fn backoff(&self, errors: u32) -> Duration {

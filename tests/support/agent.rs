@@ -37,13 +37,11 @@ pub async fn start_agent_1_4_5() -> Agent {
 
 /// Watch pacing for tests: quick retries and polls, so a change shows within milliseconds.
 pub fn fast_watch() -> consul_connect::agent::WatchConfig {
-    consul_connect::agent::WatchConfig {
-        wait: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        min_interval: Duration::from_millis(5),
-        poll_interval: Duration::from_millis(20),
-    }
+    consul_connect::agent::WatchConfig::default()
+        .wait(Duration::from_secs(30))
+        .backoff_range(Duration::from_millis(20), Duration::from_millis(200))
+        .min_interval(Duration::from_millis(5))
+        .poll_interval(Duration::from_millis(20))
 }
 
 /// An SDK client for `agent`.

@@ -21,13 +21,11 @@ use super::certs::TestCa;
 /// Watch pacing small enough for tests, with backoff far slower than the success floor so a
 /// watch that does not back off is told apart by its request count.
 pub fn watch_config() -> WatchConfig {
-    WatchConfig {
-        wait: Duration::from_millis(500),
-        backoff_base: Duration::from_millis(40),
-        backoff_max: Duration::from_millis(320),
-        min_interval: Duration::from_millis(20),
-        poll_interval: Duration::from_millis(100),
-    }
+    WatchConfig::default()
+        .wait(Duration::from_millis(500))
+        .backoff_range(Duration::from_millis(40), Duration::from_millis(320))
+        .min_interval(Duration::from_millis(20))
+        .poll_interval(Duration::from_millis(100))
 }
 
 /// The shortest delay `WatchConfig::backoff` may return after `errors` consecutive errors: half
