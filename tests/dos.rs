@@ -156,8 +156,10 @@ fn drain(rejections: &mut broadcast::Receiver<Rejection>, seen: &mut Vec<Rejecti
 async fn idle_connection_is_closed_after_the_handshake_timeout() {
     let timeout = Duration::from_millis(400);
     let mut s = setup(ListenerConfig::default().handshake_timeout(timeout)).await;
-    let mut idle = TcpStream::connect(s.addr).await.unwrap();
+    // Before the connect: the server's clock starts at its accept, which can come before the
+    // client's connect returns.
     let opened = Instant::now();
+    let mut idle = TcpStream::connect(s.addr).await.unwrap();
     let local = idle.local_addr().unwrap();
 
     let closed = closed_within(&mut idle, Duration::from_secs(5))

@@ -1371,10 +1371,10 @@ async fn agent_restart_with_the_same_indexes_is_followed() {
     // The new roots are trusted at once; the service is ready again once the new CA's leaf is
     // held. (Both agents count serials alike, so the old and the new leaf may share a serial:
     // readiness, not the serial alone, says the new leaf arrived.)
-    eventually(Duration::from_secs(5), "a leaf of the new CA held", || {
-        web.status().ready && web.material().is_some_and(|m| m.leaf_chains())
-    })
-    .await;
+    web.ready_timeout(READY)
+        .await
+        .unwrap_or_else(|e| panic!("no leaf of the new CA: {e}; {:?}", web.status()));
+    assert!(web.material().is_some_and(|m| m.leaf_chains()));
     wait_for_serial(&web, &second_leaf.serial_number).await;
     assert_material_verifies(&web);
 }
