@@ -36,23 +36,7 @@ pub use agent::Agent;
 /// });
 /// ```
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    // EXPERIMENT knobs (temporary)
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
-    if env("XP_CURRENT") == Some(1) {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all();
-    if let Some(n) = env("XP_WORKERS") {
-        b.worker_threads(n as usize);
-    }
-    if let Some(n) = env("XP_EVENT") {
-        b.event_interval(n);
-    }
-    if let Some(n) = env("XP_GLOBAL") {
-        b.global_queue_interval(n);
-    }
-    b.build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

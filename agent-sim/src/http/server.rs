@@ -109,17 +109,6 @@ pub(crate) async fn serve_with(
     let header_timeout = conn_limits.header_timeout;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    let spin = Arc::new(Spin::default());
-    let mut next_id = 0u64;
-    let spin_us: u64 = std::env::var("XP_SPIN_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let _spinner = (spin_us > 0).then(|| {
-        AbortOnDrop(tokio::spawn(
-            spin.clone().run(Duration::from_micros(spin_us)),
-        ))
-    });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -139,9 +128,7 @@ pub(crate) async fn serve_with(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let service = service(&app, peer);
-                let spin = spin.clone();
-                next_id += 1;
-                connections.spawn(Active::new(spin, spin_us > 0, next_id, async move {
+                connections.spawn(PollAgain::new(async move {
                     let _permit = permit;
                     // A client that connects and stays silent is dropped (hyper's header
                     // timer starts only with the first byte).
@@ -385,82 +372,4 @@ fn service(
         let mut app = app.clone();
         async move { app.call(request).await }
     })
-}
-
-/// EXPERIMENT: busy-polls the runtime's I/O driver for a while after connection activity.
-/// Keeps one worker polling the I/O driver for a short while after a connection was served,
-/// as long as a single connection is active: see [`Spin::run`].
-#[derive(Default)]
-struct Spin {
-    activity: tokio::sync::Notify,
-    /// The connection that last reported activity (its id), and whether another one did
-    /// since the spinner last looked.
-    last: std::sync::atomic::AtomicU64,
-    others: std::sync::atomic::AtomicBool,
-}
-
-impl Spin {
-    fn poked(&self, conn: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.last.swap(conn, Relaxed) != conn {
-            self.others.store(true, Relaxed);
-        }
-        self.activity.notify_one();
-    }
-
-    async fn run(self: Arc<Self>, window: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        loop {
-            self.activity.notified().await;
-            self.others.store(false, Relaxed);
-            let until = std::time::Instant::now() + window;
-            while std::time::Instant::now() < until {
-                tokio::task::yield_now().await;
-                if self.others.swap(false, Relaxed) {
-                    // Several connections at work keep the workers busy without help, and
-                    // spinning would take a core from their clients.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// EXPERIMENT: PollAgain that also reports activity.
-struct Active<F> {
-    inner: PollAgain<F>,
-    spin: Arc<Spin>,
-    on: bool,
-    id: u64,
-}
-
-impl<F: Future<Output = ()>> Active<F> {
-    fn new(spin: Arc<Spin>, on: bool, id: u64, f: F) -> Self {
-        Self {
-            inner: PollAgain::new(f),
-            spin,
-            on,
-            id,
-        }
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Active<F> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.on {
-            self.spin.poked(self.id);
-        }
-        Pin::new(&mut self.inner).poll(cx)
-    }
-}
-
-/// Aborts the spinner task when the accept loop ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
