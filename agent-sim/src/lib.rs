@@ -24,3 +24,19 @@ pub mod tls;
 mod ttl;
 
 pub use agent::Agent;
+
+/// The tokio runtime the `agent-sim` binary serves on, for embedders that want the same
+/// scheduling (the e2e benchmark measures it with clients in another process).
+///
+/// ```
+/// let runtime = agent_sim::runtime().unwrap();
+/// runtime.block_on(async {
+///     let agent = agent_sim::Agent::builder().start().await.unwrap();
+///     agent.shutdown().await;
+/// });
+/// ```
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}

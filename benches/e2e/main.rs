@@ -7,7 +7,8 @@
 //! - HTTP/2 requests over one established connection: raw tokio-rustls + hyper against a
 //!   Connect stream to `consul_connect::http::serve`;
 //! - agent-sim's authorize and cached-leaf endpoints under keep-alive HTTP/1.1 load, and
-//!   authorize at 10 and 100,000 intentions;
+//!   authorize at 10 and 100,000 intentions; the same two endpoints with the client in another
+//!   process (agent-sim on the runtime of its binary);
 //! - leaf issuance through the agent against rcgen signing alone;
 //! - resident memory per registered Connect service holding a leaf;
 //! - handshakes while roots and leaves rotate, and how many fail.
@@ -23,7 +24,7 @@
 //! Other processes on a shared machine distort such figures, so each measurement reads
 //! `/proc/stat`: it waits briefly for a quiet moment, is made again when other processes took
 //! 10% or more of the CPU meanwhile (within a time budget), and the table says which figures
-//! were disturbed anyway. `E2E_ONLY=memory,handshakes,bulk,apphttp,http,rotation` runs some
+//! were disturbed anyway. `E2E_ONLY=memory,handshakes,bulk,apphttp,http,process,rotation` runs some
 //! sections, `E2E_TARGETS=raw,agent,intentions` some handshake rows (for profiling one of
 //! them), `E2E_BULK_REPS=n` the bulk repetitions.
 
@@ -61,6 +62,7 @@ mod handshakes;
 mod http_load;
 mod memory;
 mod output;
+mod process;
 mod quiet;
 mod rotation;
 mod servers;
@@ -71,6 +73,7 @@ use handshakes::*;
 use http_load::*;
 use memory::*;
 use output::*;
+use process::*;
 use quiet::*;
 use rotation::*;
 use servers::*;
@@ -145,6 +148,10 @@ impl Scale {
 }
 
 pub(crate) fn main() {
+    // Started again as the load of the "from another process" rows.
+    if child_main() {
+        return;
+    }
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without
     // it, where a two-minute measurement in a debug build has no place.
     if !std::env::args().any(|a| a == "--bench") {
@@ -284,6 +291,17 @@ pub(crate) async fn run(scale: Scale) {
             &mut table,
         )
         .await;
+    }
+
+    if scale.runs("process") {
+        phase("agent-sim HTTP from another process");
+        let authorize = serde_json::json!({
+            "Target": "db",
+            "ClientCertURI": web.identity().unwrap().to_string(),
+            "ClientCertSerial": web_leaf.serial_number,
+        })
+        .to_string();
+        tokio::task::block_in_place(|| process_section(&scale, &authorize, &mut table));
     }
 
     if scale.runs("rotation") {

@@ -59,10 +59,15 @@ impl Cpu {
 
     /// That share, and the CPU seconds this process used since `self`.
     pub(crate) fn since(&self) -> (f64, f64) {
+        self.since_excluding(0)
+    }
+
+    /// [`Cpu::since`], not counting `ticks` of CPU time a child process of ours used.
+    pub(crate) fn since_excluding(&self, ticks: u64) -> (f64, f64) {
         let now = Cpu::now();
         let capacity = now.at.duration_since(self.at).as_secs_f64() * CLK_TCK * workers() as f64;
         let own = now.own.saturating_sub(self.own) as f64;
-        let foreign = now.busy.saturating_sub(self.busy) as f64 - own;
+        let foreign = now.busy.saturating_sub(self.busy) as f64 - own - ticks as f64;
         ((foreign / capacity).clamp(0.0, 1.0), own / CLK_TCK)
     }
 }
