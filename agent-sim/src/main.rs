@@ -116,73 +116,109 @@ struct FileConfig {
     tls: TlsFiles,
 }
 
+/// A config file as Consul spells it: the fields agent-sim reads, typed. Consul 1.4's
+/// top-level `acl_*` keys and the later `acl {}` block are both accepted.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    acl: RawAcl,
+    acl_default_policy: Option<String>,
+    acl_master_token: Option<String>,
+    client_addr: Option<String>,
+    addresses: Listeners<Option<String>>,
+    ports: Listeners<Option<i64>>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    verify_incoming: Option<bool>,
+    verify_incoming_https: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct RawAcl {
+    enabled: Option<bool>,
+    default_policy: Option<String>,
+    tokens: RawTokens,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct RawTokens {
+    initial_management: Option<String>,
+    master: Option<String>,
+}
+
+/// `addresses.*` or `ports.*`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct Listeners<T> {
+    http: T,
+    https: T,
+}
+
 fn read_config_file(path: &std::path::Path) -> Result<FileConfig, String> {
     let json = agent_sim::config::read_file(path).map_err(|e| e.to_string())?;
-    let str_at = |v: &serde_json::Value, pointer: &str| {
-        v.pointer(pointer)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
+    let in_file = |e: String| format!("{}: {e}", path.display());
+    let raw: RawConfig = serde_json::from_value(json).map_err(|e| in_file(e.to_string()))?;
+    let listener =
+        |kind: &str, address: &Option<String>, port: Option<i64>, default: Option<u16>| {
+            file_addr(
+                kind,
+                address.as_deref().or(raw.client_addr.as_deref()),
+                port,
+                default,
+            )
+            .map_err(in_file)
+        };
+    let https_addr = match listener("https", &raw.addresses.https, raw.ports.https, None)? {
+        Some(HttpAddr::Tcp(addr)) => Some(addr),
+        Some(HttpAddr::Unix(_)) => {
+            return Err(in_file("HTTPS on a unix socket is not supported".into()))
+        }
+        None => None,
     };
-    let path_at = |pointer: &str| str_at(&json, pointer).map(PathBuf::from);
-    let bool_at = |pointer: &str| json.pointer(pointer).and_then(|v| v.as_bool());
-    let mut acl = FileConfig {
-        http_addr: file_addr(&json, "http", Some(8500))
-            .map_err(|e| format!("{}: {e}", path.display()))?,
-        https_addr: match file_addr(&json, "https", None)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-        {
-            Some(HttpAddr::Tcp(addr)) => Some(addr),
-            Some(HttpAddr::Unix(_)) => {
-                return Err(format!(
-                    "{}: HTTPS on a unix socket is not supported",
-                    path.display()
-                ))
-            }
-            None => None,
-        },
+    let config = FileConfig {
+        http_addr: listener("http", &raw.addresses.http, raw.ports.http, Some(8500))?,
+        https_addr,
         tls: TlsFiles {
-            cert_file: path_at("/cert_file"),
-            key_file: path_at("/key_file"),
-            ca_file: path_at("/ca_file"),
-            verify_incoming: bool_at("/verify_incoming_https").unwrap_or(false)
-                || bool_at("/verify_incoming").unwrap_or(false),
+            cert_file: raw.cert_file,
+            key_file: raw.key_file,
+            ca_file: raw.ca_file,
+            verify_incoming: raw.verify_incoming_https.unwrap_or(false)
+                || raw.verify_incoming.unwrap_or(false),
         },
-        enabled: json.pointer("/acl/enabled").and_then(|v| v.as_bool()),
-        default_policy: str_at(&json, "/acl/default_policy")
-            .or_else(|| str_at(&json, "/acl_default_policy")),
-        management_token: str_at(&json, "/acl/tokens/initial_management")
-            .or_else(|| str_at(&json, "/acl/tokens/master"))
-            .or_else(|| str_at(&json, "/acl_master_token")),
+        // In 1.4 setting acl_master_token (with acl_datacenter) turned ACLs on.
+        enabled: raw
+            .acl
+            .enabled
+            .or(raw.acl_master_token.as_ref().map(|_| true)),
+        default_policy: raw.acl.default_policy.or(raw.acl_default_policy),
+        management_token: raw
+            .acl
+            .tokens
+            .initial_management
+            .or(raw.acl.tokens.master)
+            .or(raw.acl_master_token),
     };
-    // In 1.4 setting acl_master_token (with acl_datacenter) turned ACLs on.
-    if acl.enabled.is_none() && json.get("acl_master_token").is_some() {
-        acl.enabled = Some(true);
-    }
-    if let Some(policy) = &acl.default_policy {
+    if let Some(policy) = &config.default_policy {
         if policy != "allow" && policy != "deny" {
-            return Err(format!(
-                "{}: acl default policy must be allow or deny, not {policy:?}",
-                path.display()
-            ));
+            return Err(in_file(format!(
+                "acl default policy must be allow or deny, not {policy:?}"
+            )));
         }
     }
-    Ok(acl)
+    Ok(config)
 }
 
 /// A listener from `addresses.<kind>` (or `client_addr`) and `ports.<kind>`, as Consul
 /// combines them; none when the file sets neither (or, without a default port, no port).
 fn file_addr(
-    json: &serde_json::Value,
     kind: &str,
+    address: Option<&str>,
+    port: Option<i64>,
     default_port: Option<u16>,
 ) -> Result<Option<HttpAddr>, String> {
-    let address = json
-        .pointer(&format!("/addresses/{kind}"))
-        .or_else(|| json.get("client_addr"))
-        .and_then(|v| v.as_str());
-    let port = json
-        .pointer(&format!("/ports/{kind}"))
-        .and_then(|v| v.as_i64());
     if let Some(path) = address.and_then(|a| a.strip_prefix("unix://")) {
         return Ok(Some(HttpAddr::Unix(PathBuf::from(path))));
     }

@@ -198,6 +198,20 @@ fn acl_settings_come_from_an_hcl_config_file() {
         stderr.contains(&format!("Error parsing {}: At 3:1:", config.display())),
         "{stderr}"
     );
+
+    // A value of the wrong type stops it too, naming the file, instead of being ignored.
+    std::fs::write(&config, "acl {\n  enabled = \"yes\"\n}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
+        .args(["--http-addr", "127.0.0.1:0", "--config-file"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&config.display().to_string()) && stderr.contains("invalid type"),
+        "{stderr}"
+    );
 }
 
 #[test]
