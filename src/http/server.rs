@@ -201,7 +201,9 @@ impl AsyncWrite for AuthorizedStream {
 /// serve(ConnectListener::bind(&api, "127.0.0.1:9292").await?, app).await
 /// # }
 /// ```
-pub async fn serve<S, B>(mut listener: ConnectListener, service: S) -> io::Result<()>
+///
+/// The connections belong to the returned future: dropping it (aborting its task) ends them.
+pub async fn serve<S, B>(listener: ConnectListener, service: S) -> io::Result<()>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -210,16 +212,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    loop {
-        let stream = accept_authorized(&mut listener).await?;
-        let service = service.clone();
-        tokio::spawn(async move {
-            let caller = stream.caller().clone();
-            if let Err(e) = serve_connection(stream, service).await {
-                tracing::debug!(%caller, error = %e, "HTTP connection ended with an error");
-            }
-        });
-    }
+    serve_with_graceful_shutdown(listener, service, std::future::pending()).await
 }
 
 /// [`serve`] until `signal` completes, then shuts down gracefully: no new connection is
