@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use consul_connect::authz::{Authorization, AuthzError};
+use consul_connect::authz::{AuthzError, Decision};
 use consul_connect::files::{CertificateFiles, FilesError};
 use consul_connect::listener::Rejection;
 use consul_connect::service::{BuildError, Status};
@@ -717,11 +717,11 @@ impl Authorizer for AllowOnly {
         _target: &str,
         peer: &ServiceId,
         _serial: &str,
-    ) -> Result<Authorization, AuthzError> {
-        Ok(Authorization {
-            allowed: peer.service() == self.0,
-            reason: format!("only {} may connect", self.0),
-        })
+    ) -> Result<Decision, AuthzError> {
+        Ok(Decision::new(
+            peer.service() == self.0,
+            format!("only {} may connect", self.0),
+        ))
     }
 }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Authorization, Authorizer, AuthzError};
+use super::{Authorizer, AuthzError, Decision};
 use crate::spiffe::{ServiceId, TrustDomain};
 use crate::tls::HandshakeAuthorizer;
 
@@ -63,16 +63,16 @@ impl AllowServices {
         self
     }
 
-    fn decide(&self, peer: &ServiceId) -> Authorization {
+    fn decide(&self, peer: &ServiceId) -> Decision {
         let named = self.names.iter().any(|n| n == peer.service());
         let in_namespace = self
             .namespace
             .as_deref()
             .is_none_or(|ns| ns == peer.namespace());
         match (named, in_namespace) {
-            (true, true) => allow(format!("{} is on the allow-list", peer.service())),
-            (false, _) => deny(format!("{} is not on the allow-list", peer.service())),
-            (true, false) => deny(format!(
+            (true, true) => Decision::allow(format!("{} is on the allow-list", peer.service())),
+            (false, _) => Decision::deny(format!("{} is not on the allow-list", peer.service())),
+            (true, false) => Decision::deny(format!(
                 "{} is on the allow-list in namespace {:?}, not {:?}",
                 peer.service(),
                 self.namespace.as_deref().unwrap_or_default(),
@@ -96,11 +96,11 @@ pub fn member_of(trust_domains: impl IntoIterator<Item = TrustDomain>) -> Member
 }
 
 impl MemberOf {
-    fn decide(&self, peer: &ServiceId) -> Authorization {
+    fn decide(&self, peer: &ServiceId) -> Decision {
         if self.trust_domains.contains(peer.trust_domain()) {
-            allow(format!("trust domain {} is allowed", peer.trust_domain()))
+            Decision::allow(format!("trust domain {} is allowed", peer.trust_domain()))
         } else {
-            deny(format!(
+            Decision::deny(format!(
                 "trust domain {} is not allowed",
                 peer.trust_domain()
             ))
@@ -139,7 +139,7 @@ macro_rules! identity_authorizer {
                 _target: &str,
                 peer: &ServiceId,
                 _serial: &str,
-            ) -> Result<Authorization, AuthzError> {
+            ) -> Result<Decision, AuthzError> {
                 Ok(self.decide(peer))
             }
 
@@ -150,12 +150,7 @@ macro_rules! identity_authorizer {
 
         impl HandshakeAuthorizer for $ty {
             fn authorize(&self, peer: &ServiceId, _serial: &str) -> Result<(), String> {
-                let decision = self.decide(peer);
-                if decision.allowed {
-                    Ok(())
-                } else {
-                    Err(decision.reason)
-                }
+                super::admit(self.decide(peer))
             }
         }
     };
@@ -171,7 +166,7 @@ impl Authorizer for AllOf {
         target: &str,
         peer: &ServiceId,
         serial: &str,
-    ) -> Result<Authorization, AuthzError> {
+    ) -> Result<Decision, AuthzError> {
         let mut reasons = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
             let decision = part.authorize(target, peer, serial).await?;
@@ -180,7 +175,7 @@ impl Authorizer for AllOf {
             }
             reasons.push(decision.reason);
         }
-        Ok(allow(reasons.join("; ")))
+        Ok(Decision::allow(reasons.join("; ")))
     }
 
     fn handshake_hook(&self) -> Option<Arc<dyn HandshakeAuthorizer>> {
@@ -212,20 +207,6 @@ impl Authorizer for AllOf {
             });
         }
         Some(rx)
-    }
-}
-
-fn allow(reason: String) -> Authorization {
-    Authorization {
-        allowed: true,
-        reason,
-    }
-}
-
-fn deny(reason: String) -> Authorization {
-    Authorization {
-        allowed: false,
-        reason,
     }
 }
 

@@ -28,14 +28,9 @@ use crate::spiffe::ServiceId;
 use crate::telemetry;
 use crate::tls::HandshakeAuthorizer;
 
-/// The outcome of an authorization.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
-    /// Whether the client may proceed.
-    pub allowed: bool,
-    /// Why, in Consul's words.
-    pub reason: String,
-}
+/// The outcome of an authorization, the same type the intention rules decide with:
+/// whether the client may proceed and why, in Consul's words.
+pub use crate::intentions::Decision;
 
 /// Why a connection was not authorized.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +77,7 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
         target: &str,
         peer: &ServiceId,
         serial: &str,
-    ) -> Result<Authorization, AuthzError>;
+    ) -> Result<Decision, AuthzError>;
 
     /// An in-handshake form of the same decision, when the authorizer can decide without I/O.
     /// The listener then skips [`Authorizer::authorize`].
@@ -208,7 +203,7 @@ impl Authorizer for AgentAuthorizer {
         target: &str,
         peer: &ServiceId,
         serial: &str,
-    ) -> Result<Authorization, AuthzError> {
+    ) -> Result<Decision, AuthzError> {
         let req = AuthorizeRequest {
             target: target.to_owned(),
             client_cert_uri: peer.to_string(),
@@ -230,10 +225,7 @@ impl Authorizer for AgentAuthorizer {
             "agent",
             if resp.authorized { "allow" } else { "deny" },
         );
-        Ok(Authorization {
-            allowed: resp.authorized,
-            reason: resp.reason,
-        })
+        Ok(Decision::new(resp.authorized, resp.reason))
     }
 
     fn changes(&self, target: &str) -> Option<watch::Receiver<u64>> {
@@ -339,13 +331,13 @@ impl IntentionsAuthorizer {
         self.state.generation.subscribe()
     }
 
-    fn decide(&self, peer: &ServiceId) -> Authorization {
+    fn decide(&self, peer: &ServiceId) -> Decision {
         self.state.decide(peer)
     }
 }
 
 impl IntentionsState {
-    fn decide(&self, peer: &ServiceId) -> Authorization {
+    fn decide(&self, peer: &ServiceId) -> Decision {
         let decision = self.decide_uncounted(peer);
         let outcome = if decision.allowed { "allow" } else { "deny" };
         telemetry::authorization(&self.target, "intentions", outcome);
@@ -353,21 +345,12 @@ impl IntentionsState {
         decision
     }
 
-    fn decide_uncounted(&self, peer: &ServiceId) -> Authorization {
+    fn decide_uncounted(&self, peer: &ServiceId) -> Decision {
         let matches = self.matches.load();
         match matches.as_ref() {
-            None => Authorization {
-                allowed: false,
-                reason: "intentions not loaded yet".into(),
-            },
-            Some(list) => {
-                // The SDK cannot know the agent's version; it words reasons as current Consul.
-                let d = decide_matches(list.iter(), peer, self.default, Wording::Consul1_9);
-                Authorization {
-                    allowed: d.allowed,
-                    reason: d.reason,
-                }
-            }
+            None => Decision::deny("intentions not loaded yet"),
+            // The SDK cannot know the agent's version; it words reasons as current Consul.
+            Some(list) => decide_matches(list.iter(), peer, self.default, Wording::Consul1_9),
         }
     }
 }
@@ -385,7 +368,7 @@ impl Authorizer for IntentionsAuthorizer {
         _target: &str,
         peer: &ServiceId,
         _serial: &str,
-    ) -> Result<Authorization, AuthzError> {
+    ) -> Result<Decision, AuthzError> {
         Ok(self.decide(peer))
     }
 
@@ -404,11 +387,15 @@ struct IntentionsHook(Arc<IntentionsState>);
 
 impl HandshakeAuthorizer for IntentionsHook {
     fn authorize(&self, peer: &ServiceId, _serial: &str) -> Result<(), String> {
-        let decision = self.0.decide(peer);
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(decision.reason)
-        }
+        admit(self.0.decide(peer))
+    }
+}
+
+/// A decision as an in-handshake verdict: `Err` carries the refusal's reason.
+fn admit(decision: Decision) -> Result<(), String> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(decision.reason)
     }
 }

@@ -293,6 +293,39 @@ pub struct Decision {
     pub examined: usize,
 }
 
+impl Decision {
+    /// A decision made without an intention (`matched` is `None`): by an allow-list, a trust
+    /// domain policy or the agent's authorize answer.
+    ///
+    /// ```
+    /// use consul_connect_types::intentions::Decision;
+    ///
+    /// let caller = "web";
+    /// let d = Decision::new(caller == "web", "only web");
+    /// assert!(d.allowed);
+    /// assert_eq!(d, Decision::allow("only web"));
+    /// assert!(!Decision::deny("only web").allowed);
+    /// ```
+    pub fn new(allowed: bool, reason: impl Into<String>) -> Self {
+        Decision {
+            allowed,
+            reason: reason.into(),
+            matched: None,
+            examined: 0,
+        }
+    }
+
+    /// [`Decision::new`] letting the client in.
+    pub fn allow(reason: impl Into<String>) -> Self {
+        Decision::new(true, reason)
+    }
+
+    /// [`Decision::new`] refusing the client.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Decision::new(false, reason)
+    }
+}
+
 /// Decides over the intentions matching a destination, already in evaluation order (as
 /// `/v1/connect/intentions/match?by=destination` returns them): the first whose source matches
 /// the client decides; otherwise `default` does.
