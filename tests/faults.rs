@@ -970,6 +970,59 @@ async fn roots_the_held_leaf_does_not_chain_to_are_trusted_at_once_and_the_servi
     assert_material_verifies(&web);
 }
 
+/// A leaf watch backing off after errors asks again as soon as the active CA root changes (the
+/// agent signs a new leaf then), not when its back-off ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
+    let cap = capture("web").await;
+    let mock = MockAgent::start(
+        "web",
+        cap.roots_reply(cap.roots_index),
+        cap.leaf_reply(cap.leaf_index),
+    )
+    .await;
+    // After one failure the leaf watch would wait half an hour to an hour.
+    let hour = Duration::from_secs(3600);
+    let web = ConnectService::builder("web")
+        .agent(mock.client())
+        .watch_config(watch_config().backoff_range(hour, hour))
+        .build()
+        .await
+        .unwrap();
+    web.ready_timeout(READY).await.unwrap();
+
+    mock.leaf
+        .set(Reply::status("denied", 403, "Permission denied"));
+    eventually(READY, "the leaf watch failed once", || {
+        !mock.leaf.hits_labelled("denied").is_empty()
+    })
+    .await;
+    let next = TestCa::new(96);
+    let renewed = next.leaf("web").leaf_cert();
+    mock.leaf.set(Reply::json(
+        "renewed",
+        leaf_json(&renewed),
+        cap.leaf_index + 1,
+    ));
+    let mut roots = cap.roots.clone();
+    roots.roots = vec![next.ca_root(true, &[])];
+    roots.active_root_id = roots.roots[0].id.clone();
+    mock.roots.set(Reply::json(
+        "new CA",
+        serde_json::to_string(&roots).unwrap(),
+        cap.roots_index + 1,
+    ));
+
+    wait_for_serial(&web, &renewed.serial_number).await;
+    web.ready_timeout(READY).await.unwrap();
+    assert_eq!(
+        mock.leaf.hits_labelled("denied").len(),
+        1,
+        "no second failure: the leaf was asked for again once the roots moved"
+    );
+    assert_material_verifies(&web);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_error_clears_when_the_agent_answers_again() {
     let cap = capture("web").await;

@@ -31,6 +31,7 @@ mod watch_state;
 mod watching;
 
 pub use watch_state::{AfterAnswer, WatchState};
+pub(crate) use watching::run_watch_woken;
 pub use watching::{run_watch, WatchConfig, WatchEvent};
 
 pub use config::*;

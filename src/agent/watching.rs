@@ -107,7 +107,24 @@ pub enum WatchEvent<T> {
 /// serve blocking queries again.
 pub async fn run_watch<T, F, Fut>(
     config: WatchConfig,
+    stop: watch::Receiver<bool>,
+    fetch: F,
+    on_event: impl FnMut(WatchEvent<T>),
+) where
+    F: FnMut(QueryOptions) -> Fut,
+    Fut: Future<Output = Result<Indexed<T>, AgentError>>,
+{
+    run_watch_woken(config, stop, None, fetch, on_event).await;
+}
+
+/// [`run_watch`], whose pause between two queries (a back-off after errors included) is cut
+/// short each time `wake` changes: something outside has learnt that the answer has probably
+/// moved (the leaf, when the CA roots change). A query already in flight is left to finish, so
+/// no blocking query is abandoned on the agent.
+pub(crate) async fn run_watch_woken<T, F, Fut>(
+    config: WatchConfig,
     mut stop: watch::Receiver<bool>,
+    mut wake: Option<watch::Receiver<u64>>,
     mut fetch: F,
     mut on_event: impl FnMut(WatchEvent<T>),
 ) where
@@ -141,8 +158,19 @@ pub async fn run_watch<T, F, Fut>(
         if !pause.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                () = woken(&mut wake) => tracing::debug!(cut = ?pause, "watch woken before its pause ended"),
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
     }
+}
+
+/// Resolves when `wake` has changed since it was last seen; never without one.
+async fn woken(wake: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = wake {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }

@@ -307,6 +307,7 @@ impl ConnectServiceBuilder {
             fetched: Mutex::new(Fetched::default()),
             ready: watch::channel(false).0,
             generation: watch::channel(0).0,
+            root_moves: watch::channel(0).0,
             stop,
         });
         match first {

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::agent::{
-    run_watch, AgentClient, AgentClientBuilder, AgentError, QueryOptions, Token, WatchConfig,
-    WatchEvent,
+    run_watch, run_watch_woken, AgentClient, AgentClientBuilder, AgentError, QueryOptions, Token,
+    WatchConfig, WatchEvent,
 };
 use crate::api::{CaRootList, LeafCert};
 use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
@@ -158,6 +158,9 @@ struct Shared {
     ready: watch::Sender<bool>,
     /// Counts published materials, so callers can wait for a rotation.
     generation: watch::Sender<u64>,
+    /// Counts changes of the active CA root, which wake the leaf watch from a back-off: the
+    /// agent signs a new leaf then.
+    root_moves: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
 

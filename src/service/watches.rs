@@ -31,9 +31,10 @@ impl Shared {
         let agent = self.agent.clone();
         let name = self.name.clone();
         let dc = self.datacenter.clone();
-        tokio::spawn(run_watch(
+        tokio::spawn(run_watch_woken(
             config,
             stop,
+            Some(self.root_moves.subscribe()),
             move |mut opts: QueryOptions| {
                 let agent = agent.clone();
                 let name = name.clone();
@@ -158,6 +159,14 @@ impl Shared {
             WatchEvent::Update(roots) => {
                 tracing::debug!(service = %self.name, roots = roots.value.roots.len(), "CA roots updated");
                 fetched.clear_error("roots");
+                let moved = fetched
+                    .roots
+                    .as_ref()
+                    .is_some_and(|held| held.active_root_id != roots.value.active_root_id);
+                if moved {
+                    // A leaf watch backing off after errors asks again now, not after its timer.
+                    self.root_moves.send_modify(|n| *n += 1);
+                }
                 fetched.roots = Some(roots.value);
                 self.publish(&mut fetched, "roots");
             }
