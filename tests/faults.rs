@@ -925,14 +925,7 @@ async fn roots_the_held_leaf_does_not_chain_to_are_trusted_at_once_and_the_servi
     mock.leaf
         .set(Reply::status("denied", 403, "Permission denied"));
     let next = TestCa::new(97);
-    let mut roots = cap.roots.clone();
-    roots.roots = vec![next.ca_root(true, &[])];
-    roots.active_root_id = roots.roots[0].id.clone();
-    mock.roots.set(Reply::json(
-        "new CA",
-        serde_json::to_string(&roots).unwrap(),
-        cap.roots_index + 1,
-    ));
+    mock.roots.set(new_ca_roots(&cap, &next));
     let der = next.der.clone();
     eventually(
         Duration::from_secs(5),
@@ -970,6 +963,32 @@ async fn roots_the_held_leaf_does_not_chain_to_are_trusted_at_once_and_the_servi
     assert_material_verifies(&web);
 }
 
+/// A `web` service on `mock`, ready, whose watches back off for half an hour to an hour after
+/// one failure: only a wake-up can make them ask again within a test.
+async fn backing_off_for_an_hour(mock: &MockAgent) -> ConnectService {
+    let hour = Duration::from_secs(3600);
+    let web = ConnectService::builder("web")
+        .agent(mock.client())
+        .watch_config(watch_config().backoff_range(hour, hour))
+        .build()
+        .await
+        .unwrap();
+    web.ready_timeout(READY).await.unwrap();
+    web
+}
+
+/// The captured roots moved to `next` alone, at the next index.
+fn new_ca_roots(cap: &Captured, next: &TestCa) -> Reply {
+    let mut roots = cap.roots.clone();
+    roots.roots = vec![next.ca_root(true, &[])];
+    roots.active_root_id = roots.roots[0].id.clone();
+    Reply::json(
+        "new CA",
+        serde_json::to_string(&roots).unwrap(),
+        cap.roots_index + 1,
+    )
+}
+
 /// A leaf watch backing off after errors asks again as soon as the active CA root changes (the
 /// agent signs a new leaf then), not when its back-off ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,15 +1000,7 @@ async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
         cap.leaf_reply(cap.leaf_index),
     )
     .await;
-    // After one failure the leaf watch would wait half an hour to an hour.
-    let hour = Duration::from_secs(3600);
-    let web = ConnectService::builder("web")
-        .agent(mock.client())
-        .watch_config(watch_config().backoff_range(hour, hour))
-        .build()
-        .await
-        .unwrap();
-    web.ready_timeout(READY).await.unwrap();
+    let web = backing_off_for_an_hour(&mock).await;
 
     mock.leaf
         .set(Reply::status("denied", 403, "Permission denied"));
@@ -1004,14 +1015,7 @@ async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
         leaf_json(&renewed),
         cap.leaf_index + 1,
     ));
-    let mut roots = cap.roots.clone();
-    roots.roots = vec![next.ca_root(true, &[])];
-    roots.active_root_id = roots.roots[0].id.clone();
-    mock.roots.set(Reply::json(
-        "new CA",
-        serde_json::to_string(&roots).unwrap(),
-        cap.roots_index + 1,
-    ));
+    mock.roots.set(new_ca_roots(&cap, &next));
 
     wait_for_serial(&web, &renewed.serial_number).await;
     web.ready_timeout(READY).await.unwrap();
@@ -1020,6 +1024,39 @@ async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
         1,
         "no second failure: the leaf was asked for again once the roots moved"
     );
+    assert_material_verifies(&web);
+}
+
+/// The other way round: a leaf from a new CA arriving while the roots watch backs off wakes the
+/// roots watch, whose new roots then make the leaf valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_from_an_unknown_ca_cuts_the_roots_watch_back_off_short() {
+    let cap = capture("web").await;
+    let mock = MockAgent::start(
+        "web",
+        cap.roots_reply(cap.roots_index),
+        cap.leaf_reply(cap.leaf_index),
+    )
+    .await;
+    let web = backing_off_for_an_hour(&mock).await;
+
+    mock.roots.set(Reply::status("down", 500, "rpc error"));
+    eventually(READY, "the roots watch failed once", || {
+        !mock.roots.hits_labelled("down").is_empty()
+    })
+    .await;
+    let next = TestCa::new(95);
+    mock.roots.set(new_ca_roots(&cap, &next));
+    let renewed = next.leaf("web").leaf_cert();
+    mock.leaf.set(Reply::json(
+        "renewed",
+        leaf_json(&renewed),
+        cap.leaf_index + 1,
+    ));
+
+    wait_for_serial(&web, &renewed.serial_number).await;
+    web.ready_timeout(READY).await.unwrap();
+    assert_eq!(mock.roots.hits_labelled("down").len(), 1);
     assert_material_verifies(&web);
 }
 

@@ -308,6 +308,7 @@ impl ConnectServiceBuilder {
             ready: watch::channel(false).0,
             generation: watch::channel(0).0,
             root_moves: watch::channel(0).0,
+            leaf_refusals: watch::channel(0).0,
             stop,
         });
         match first {

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::agent::{
-    run_watch, run_watch_woken, AgentClient, AgentClientBuilder, AgentError, QueryOptions, Token,
-    WatchConfig, WatchEvent,
+    run_watch_woken, AgentClient, AgentClientBuilder, AgentError, QueryOptions, Token, WatchConfig,
+    WatchEvent,
 };
 use crate::api::{CaRootList, LeafCert};
 use crate::authz::{AgentAuthorizer, Authorizer, IntentionsAuthorizer};
@@ -161,6 +161,9 @@ struct Shared {
     /// Counts changes of the active CA root, which wake the leaf watch from a back-off: the
     /// agent signs a new leaf then.
     root_moves: watch::Sender<u64>,
+    /// Counts fetched leaves that could not be published, which wake the roots watch from a
+    /// back-off: a leaf from a new CA may have come before its roots.
+    leaf_refusals: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
 

@@ -15,9 +15,10 @@ impl Shared {
         let agent = self.agent.clone();
         let stop = self.stop.subscribe();
         let roots_weak = weak.clone();
-        tokio::spawn(run_watch(
+        tokio::spawn(run_watch_woken(
             config.clone(),
             stop.clone(),
+            Some(self.leaf_refusals.subscribe()),
             move |opts: QueryOptions| {
                 let agent = agent.clone();
                 async move { agent.roots(&opts).await }
@@ -225,6 +226,9 @@ impl Shared {
                     ("roots", Some(current)) => current.with_roots_keeping_leaf(roots, now).ok(),
                     _ => None,
                 };
+                if source == "leaf" {
+                    self.leaf_refusals.send_modify(|n| *n += 1);
+                }
                 let mut message = message;
                 if let Some((material, stale)) = fallback {
                     let ids = roots.roots.iter().map(|r| r.id.clone()).collect();
