@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 use consul_connect::api::{ServiceConnect, ServiceRegistration};
-use consul_connect::http::Caller;
+use consul_connect::http::{serve_with_graceful_shutdown, Caller};
 use consul_connect::{ConnectListener, ConnectService};
 use http::Version;
 
@@ -83,11 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("http_server listening on {addr} as {identity}");
 
     let app = Router::new().route("/", get(hello));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<Caller>(),
-    )
-    .with_graceful_shutdown(async {
+    serve_with_graceful_shutdown(listener, app, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

@@ -86,31 +86,13 @@ fn hello_app() -> Router {
     )
 }
 
-#[derive(Clone, Copy, Debug)]
-enum ServeWith {
-    /// `consul_connect::http::serve` (caller as a request extension).
-    Serve,
-    /// `axum::serve` over the listener (caller as connect info).
-    Axum,
-}
-
-/// Starts `hello_app` for `service`; returns its address and rejection reports.
-async fn start_http(
-    service: &ConnectService,
-    with: ServeWith,
-) -> (SocketAddr, broadcast::Receiver<Rejection>) {
+/// Serves `hello_app` for `service` with `http::serve`; returns its address and rejection
+/// reports.
+async fn start_http(service: &ConnectService) -> (SocketAddr, broadcast::Receiver<Rejection>) {
     let listener = ConnectListener::bind(service, "127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr();
     let rejections = listener.rejections();
-    match with {
-        ServeWith::Serve => {
-            tokio::spawn(serve(listener, hello_app()));
-        }
-        ServeWith::Axum => {
-            let app = hello_app().into_make_service_with_connect_info::<Caller>();
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-    }
+    tokio::spawn(serve(listener, hello_app()));
     (addr, rejections)
 }
 
@@ -184,35 +166,30 @@ async fn http1_and_http2_by_alpn_with_the_caller_seen_by_the_handler() {
     let web = service(&client, "web").await;
     let web_id = web.identity().unwrap().to_string();
 
-    for with in [ServeWith::Serve, ServeWith::Axum] {
-        let (addr, _rejections) = start_http(&db, with).await;
-        // (ALPN offered, speak HTTP/2, version the handler must see)
-        let cases: [(&[&[u8]], bool, &str); 4] = [
-            (&[b"http/1.1"], false, "HTTP/1.1"),
-            (&[b"h2", b"http/1.1"], true, "HTTP/2.0"),
-            // No ALPN: the server tells the protocol from the client's first bytes.
-            (&[], false, "HTTP/1.1"),
-            (&[], true, "HTTP/2.0"),
-        ];
-        for (alpn, h2, version) in cases {
-            let (seen, body) = get_with_alpn(&web, addr, "db", alpn, h2)
-                .await
-                .unwrap_or_else(|e| panic!("{with:?} {alpn:?} h2={h2}: {e}"));
-            assert_eq!(
-                body,
-                format!("caller={web_id} version={version}\n"),
-                "{with:?} {alpn:?}"
-            );
-            assert_eq!(format!("{seen:?}"), version);
-        }
-        // ALPN agreed on h2 but the client speaks HTTP/1.1: `serve` holds to ALPN (axum::serve
-        // tells the protocol from the first bytes whatever ALPN said).
-        if let ServeWith::Serve = with {
-            assert!(get_with_alpn(&web, addr, "db", &[b"h2"], false)
-                .await
-                .is_err());
-        }
+    let (addr, _rejections) = start_http(&db).await;
+    // (ALPN offered, speak HTTP/2, version the handler must see)
+    let cases: [(&[&[u8]], bool, &str); 4] = [
+        (&[b"http/1.1"], false, "HTTP/1.1"),
+        (&[b"h2", b"http/1.1"], true, "HTTP/2.0"),
+        // No ALPN: the server tells the protocol from the client's first bytes.
+        (&[], false, "HTTP/1.1"),
+        (&[], true, "HTTP/2.0"),
+    ];
+    for (alpn, h2, version) in cases {
+        let (seen, body) = get_with_alpn(&web, addr, "db", alpn, h2)
+            .await
+            .unwrap_or_else(|e| panic!("{alpn:?} h2={h2}: {e}"));
+        assert_eq!(
+            body,
+            format!("caller={web_id} version={version}\n"),
+            "{alpn:?}"
+        );
+        assert_eq!(format!("{seen:?}"), version);
     }
+    // ALPN agreed on h2 but the client speaks HTTP/1.1: `serve` holds to ALPN.
+    assert!(get_with_alpn(&web, addr, "db", &[b"h2"], false)
+        .await
+        .is_err());
 }
 
 /// `db` serving `app` through `serve`, and a Connect connection to it from `web` that offered
@@ -441,7 +418,7 @@ async fn denied_caller_gets_no_http_response() {
     let db = service(&client, "db").await;
     let web = service(&client, "web").await;
     let api = service(&client, "api").await;
-    let (addr, mut rejections) = start_http(&db, ServeWith::Axum).await;
+    let (addr, mut rejections) = start_http(&db).await;
     register(&raw, "db", addr).await;
     intention(&raw, "web", "db", "deny").await;
 
@@ -765,7 +742,7 @@ async fn curl_with_a_leaf_gets_an_answer_naming_it_until_denied() {
     let raw = Raw::new(&agent);
     let client = sdk_client(&agent);
     let api = service(&client, "api").await;
-    let (addr, mut rejections) = start_http(&api, ServeWith::Axum).await;
+    let (addr, mut rejections) = start_http(&api).await;
 
     let leaf = raw.get("/v1/agent/connect/ca/leaf/web").await.json();
     let dir = temp_dir("curl");

@@ -5,8 +5,10 @@
 //! `tower::service_fn`) on a listener, HTTP/1.1 or HTTP/2 as the client negotiated with ALPN.
 //! Every request carries the authorized client as a [`Caller`] extension, and HTTP/1
 //! connections run inside [`PollAgain`], which spares a worker wake-up per request body. With
-//! the `axum` feature, `ConnectListener` is also an `axum::serve::Listener`, and `Caller` an
-//! extractor (`axum::serve` drives connections itself, without `PollAgain`).
+//! the `axum` feature, `Caller` is an axum extractor. Where an axum service would call
+//! `axum::serve(listener, app)`, it calls `serve(listener, app)`: `ConnectListener` is not an
+//! axum `Listener`, because with one `axum::serve(listener, app)` would compile and then give
+//! handlers no caller.
 //!
 //! Calling: [`ConnectConnector`] is a tower `Service<Uri>` for hyper-util's pooled client (and
 //! tonic's `Endpoint`). It maps `http://<name>.service[.<datacenter>].consul/...` to the
@@ -18,9 +20,7 @@
 //!
 //! | served by | the handler asks for |
 //! |---|---|
-//! | [`serve`], [`serve_connection`] | `Caller` (axum extractor), `Extension<Caller>`, or `request.extensions().get::<Caller>()` |
-//! | `axum::serve(listener, app.into_make_service_with_connect_info::<Caller>())` | `Caller` (axum extractor) or `ConnectInfo<Caller>` |
-//! | `axum::serve(listener, app)` | nothing: axum passes no connection data without connect info |
+//! | [`serve`], [`serve_with_graceful_shutdown`], [`serve_connection`] | `Caller` (axum extractor), `Extension<Caller>`, or `request.extensions().get::<Caller>()` |
 //! | tonic, `serve_with_incoming(grpc::incoming(listener))` | `request.extensions().get::<Caller>()` |
 //!
 //! ```no_run

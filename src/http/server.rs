@@ -20,9 +20,8 @@ use crate::spiffe::ServiceId;
 /// The authorized client of a connection: its SPIFFE service identity and address.
 ///
 /// [`serve`] and [`serve_connection`] put it in every request's extensions; tonic servers fed
-/// by `grpc::incoming` (feature `tonic`) do too. With `axum::serve`, ask for it as connect info
-/// (`into_make_service_with_connect_info::<Caller>()`). With the `axum` feature it is an
-/// extractor that finds it either way.
+/// by `grpc::incoming` (feature `tonic`) do too. With the `axum` feature it is also an
+/// extractor.
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
@@ -36,7 +35,7 @@ use crate::spiffe::ServiceId;
 ///
 /// let listener = ConnectListener::bind(&api, "127.0.0.1:9292").await?;
 /// let app = Router::new().route("/", get(hello));
-/// axum::serve(listener, app.into_make_service_with_connect_info::<Caller>()).await
+/// consul_connect::http::serve(listener, app).await
 /// # }
 /// ```
 #[derive(Clone, PartialEq, Eq)]
