@@ -349,8 +349,13 @@ impl IntentionsState {
         let matches = self.matches.load();
         match matches.as_ref() {
             None => Decision::deny("intentions not loaded yet"),
-            // The SDK cannot know the agent's version; it words reasons as current Consul.
-            Some(list) => decide_matches(list.iter(), peer, self.default, Wording::Consul1_9),
+            Some(list) => {
+                // The SDK cannot know the agent's version; it words reasons as current Consul.
+                let d = decide_matches(list.iter(), peer, self.default, Wording::Consul1_9);
+                // Only what the agent's authorize endpoint answers too, so that both
+                // authorizers give equal decisions.
+                Decision::new(d.allowed, d.reason)
+            }
         }
     }
 }
