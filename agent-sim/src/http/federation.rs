@@ -68,9 +68,13 @@ async fn sign_intermediate(
 
 /// Sends a request for another datacenter (`?dc=`) to that datacenter's agent, and, in a
 /// secondary, intention and config-entry writes to the primary (Consul forwards both).
-pub(super) async fn forward(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn forward(
+    app: &AppState,
+    query: &Query,
+    request: Request,
+    next: Next,
+) -> Response {
     let federation = &app.federation;
-    let query = Query::from_uri(request.uri());
     let own = &app.store.settings().datacenter;
     let target = match query.get("dc") {
         Some(dc) if !dc.is_empty() && dc != own => federation.remote(dc),

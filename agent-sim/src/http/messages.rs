@@ -147,28 +147,33 @@ pub fn json_body<T: Serialize>(value: &T, pretty: bool) -> Vec<u8> {
     escape_like_go(out)
 }
 
-/// `<`, `>` and `&` can only appear inside JSON strings, so escaping bytes is exact.
+/// Escapes `<`, `>`, `&`, U+2028 and U+2029 as Go's JSON encoder does. They can only appear
+/// inside JSON strings, so escaping bytes is exact; one pass, and no copy when there is none.
 pub(super) fn escape_like_go(json: Vec<u8>) -> Vec<u8> {
-    let needs = json.iter().any(|b| matches!(b, b'<' | b'>' | b'&'))
-        || json
-            .windows(3)
-            .any(|w| w == "\u{2028}".as_bytes() || w == "\u{2029}".as_bytes());
-    if !needs {
+    // 0xE2 leads the UTF-8 encodings of U+2028 (E2 80 A8) and U+2029 (E2 80 A9).
+    let special = |b: &u8| matches!(b, b'<' | b'>' | b'&' | 0xE2);
+    let Some(first) = json.iter().position(special) else {
         return json;
+    };
+    let mut out = Vec::with_capacity(json.len() + 16);
+    out.extend_from_slice(&json[..first]);
+    let mut rest = &json[first..];
+    while let Some(at) = rest.iter().position(special) {
+        out.extend_from_slice(&rest[..at]);
+        let (escaped, len): (&[u8], usize) = match &rest[at..] {
+            [b'<', ..] => (b"\\u003c", 1),
+            [b'>', ..] => (b"\\u003e", 1),
+            [b'&', ..] => (b"\\u0026", 1),
+            [0xE2, 0x80, 0xA8, ..] => (b"\\u2028", 3),
+            [0xE2, 0x80, 0xA9, ..] => (b"\\u2029", 3),
+            [other, ..] => (std::slice::from_ref(other), 1),
+            [] => break,
+        };
+        out.extend_from_slice(escaped);
+        rest = &rest[at + len..];
     }
-    let text = String::from_utf8_lossy(&json);
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.into_bytes()
+    out.extend_from_slice(rest);
+    out
 }
 
 /// A JSON answer with optional Consul headers.
@@ -293,5 +298,27 @@ pub(super) fn go_json_error(e: serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected EOF".into(),
         _ => format!("invalid character: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_like_go;
+
+    #[test]
+    fn escapes_as_go_does_and_leaves_the_rest() {
+        let cases = [
+            ("{\"a\":1}", "{\"a\":1}"),
+            ("web => db", "web =\\u003e db"),
+            ("<&>", "\\u003c\\u0026\\u003e"),
+            ("a\u{2028}b\u{2029}c", "a\\u2028b\\u2029c"),
+            // Other characters led by 0xE2 stay as they are.
+            ("5 € – ok", "5 € – ok"),
+            ("ends with \u{2029}", "ends with \\u2029"),
+        ];
+        for (input, want) in cases {
+            let got = escape_like_go(input.as_bytes().to_vec());
+            assert_eq!(String::from_utf8(got).unwrap(), want, "{input:?}");
+        }
     }
 }

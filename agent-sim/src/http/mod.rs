@@ -42,9 +42,14 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
-/// What every handler shares.
+/// What every handler shares: one reference-counted pointer, because axum clones the state for
+/// every request and every middleware (one atomic increment and decrement each, not six).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of an [`AppState`].
+#[derive(Debug, Clone)]
+pub struct Shared {
     /// The state store.
     pub store: Arc<Store>,
     /// The agent cache for `/v1/agent/connect/*`.
@@ -56,12 +61,22 @@ pub struct AppState {
     pub acl_rules: AclRules,
     /// The other datacenters.
     pub federation: Arc<crate::federation::Federation>,
+    /// In-flight blocking queries per client address.
+    blocking: Arc<BlockingLimits>,
 }
 
 #[derive(Debug, Default)]
 struct AclCache {
     index: u64,
     by_secret: std::collections::HashMap<String, Arc<Authorizer>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -73,19 +88,20 @@ impl AppState {
             None,
             None,
         ));
-        Self {
+        Self(Arc::new(Shared {
             store,
             cache,
             acl_cache: Arc::default(),
             allow_all: Arc::new(Authorizer::new(&[], DefaultPolicy::Allow, true)),
             acl_rules,
             federation,
-        }
+            blocking: Arc::default(),
+        }))
     }
 
     /// The same state, federated with other datacenters as `federation` says.
     pub fn with_federation(mut self, federation: Arc<crate::federation::Federation>) -> Self {
-        self.federation = federation;
+        Arc::make_mut(&mut self.0).federation = federation;
         self
     }
 
@@ -232,34 +248,14 @@ impl Drop for BlockingSlot<'_> {
     }
 }
 
-async fn limit_blocking(
-    axum::extract::State(limits): axum::extract::State<Arc<BlockingLimits>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if !is_blocking(request.uri()) {
-        return next.run(request).await;
-    }
-    let Some(_slot) = limits.acquire(peer.ip()) else {
-        return plain(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
-                .into(),
-        );
-    };
-    next.run(request).await
-}
-
 /// Whether a request is a blocking query, as the handlers will read it: the decoded query
 /// string has `index` (`%69ndex=` is `index=` too).
-fn is_blocking(uri: &Uri) -> bool {
-    Query::from_uri(uri).has("index")
+fn is_blocking(query: &Query) -> bool {
+    query.has("index")
 }
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
-    let limits = Arc::new(BlockingLimits::default());
     Router::new()
         .merge(acl::routes())
         .merge(catalog::routes())
@@ -269,58 +265,75 @@ pub fn router(state: AppState) -> Router {
         .merge(queries::routes())
         .merge(federation::routes())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            federation::forward,
-        ))
-        // Outside the forwarding: the namespace is refused where the request arrives, as
-        // Consul's HTTP layer does before any RPC.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_namespaces,
-        ))
-        .layer(axum::middleware::from_fn_with_state(limits, limit_blocking))
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            version_headers,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), front))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// An OSS agent that knows namespaces refuses them where a handler would read them (Consul's
-/// `parseEntMeta`): `X-Consul-Namespace`, then `?ns=`, before anything else.
-async fn refuse_namespaces(
+/// What runs around every handler, in this order: the blocking-query limit per client (429),
+/// the refusal of namespaces by an OSS agent, forwarding to another datacenter; then the
+/// emulated version's headers on the answer. One layer rather than four: axum clones the
+/// state and the inner service in each layer, for every request.
+async fn front(
     axum::extract::State(app): axum::extract::State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let query = Query::from_uri(request.uri());
+    let response = 'answer: {
+        let _slot =
+            match is_blocking(&query) {
+                false => None,
+                true => match app.blocking.acquire(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => break 'answer plain(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Your IP is issuing too many concurrent connections, please rate limit \
+                         your calls\n"
+                            .into(),
+                    ),
+                },
+            };
+        // Before forwarding: the namespace is refused where the request arrives, as Consul's
+        // HTTP layer does before any RPC.
+        if let Some(refusal) = namespace_refusal(&app, &request, &query) {
+            break 'answer refusal;
+        }
+        federation::forward(&app, &query, request, next).await
+    };
+    version_headers(&app, response)
+}
+
+/// An OSS agent that knows namespaces refuses them where a handler would read them (Consul's
+/// `parseEntMeta`): `X-Consul-Namespace`, then `?ns=`, before anything else.
+fn namespace_refusal(
+    app: &AppState,
+    request: &axum::extract::Request,
+    query: &Query,
+) -> Option<Response> {
     if !app.store.settings().profile().refuses_namespaces
         || !reads_namespace(request.method(), request.uri().path())
     {
-        return next.run(request).await;
+        return None;
     }
     let header = request
         .headers()
         .get("X-Consul-Namespace")
         .is_some_and(|v| !v.is_empty());
-    let refusal = if header {
-        Some("Invalid header: \"X-Consul-Namespace\"")
-    } else if Query::from_uri(request.uri())
-        .get("ns")
-        .is_some_and(|ns| !ns.is_empty())
-    {
-        Some("Invalid query parameter: \"ns\"")
+    let what = if header {
+        "Invalid header: \"X-Consul-Namespace\""
+    } else if query.get("ns").is_some_and(|ns| !ns.is_empty()) {
+        "Invalid query parameter: \"ns\""
     } else {
-        None
+        return None;
     };
-    match refusal {
-        Some(what) => ApiError::BadRequestPrefixed(format!(
+    Some(
+        ApiError::BadRequestPrefixed(format!(
             "{what} - Namespaces are a Consul Enterprise feature"
         ))
         .into_response(),
-        None => next.run(request).await,
-    }
+    )
 }
 
 /// The endpoints whose Consul handler parses a namespace (`parseEntMeta`).
@@ -358,10 +371,7 @@ fn reads_namespace(method: &Method, path: &str) -> bool {
 
 /// The headers the emulated version adds to answers: `X-Consul-Default-Acl-Policy` on every
 /// one, `X-Consul-Query-Backend` wherever query meta is set.
-async fn version_headers(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    mut resp: Response,
-) -> Response {
+fn version_headers(app: &AppState, mut resp: Response) -> Response {
     let settings = app.store.settings();
     let profile = settings.profile();
     let headers = resp.headers_mut();
@@ -547,10 +557,10 @@ mod tests {
             "/v1/health/service/db?%69ndex=5",
             "/v1/health/service/db?passing&%69%6E%64%65%78=5&wait=1s",
         ] {
-            assert!(is_blocking(&uri.parse().unwrap()), "{uri}");
+            let uri: Uri = uri.parse().unwrap();
+            assert!(is_blocking(&Query::from_uri(&uri)), "{uri}");
         }
-        assert!(!is_blocking(
-            &"/v1/health/service/db?reindex=5".parse().unwrap()
-        ));
+        let reindex: Uri = "/v1/health/service/db?reindex=5".parse().unwrap();
+        assert!(!is_blocking(&Query::from_uri(&reindex)));
     }
 }
