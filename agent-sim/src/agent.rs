@@ -76,6 +76,7 @@ pub struct AgentBuilder {
     data_dir: Option<std::path::PathBuf>,
     version: crate::profile::ConsulVersion,
     primary: Option<crate::federation::Remote>,
+    spin: bool,
 }
 
 impl AgentBuilder {
@@ -140,6 +141,16 @@ impl AgentBuilder {
     /// (Consul uses 30 s; the default here is 500 ms).
     pub fn rotation_jitter(mut self, window: Duration) -> Self {
         self.cache.rotation_jitter = window;
+        self
+    }
+
+    /// Spin before sleeping (default off; the `agent-sim` binary turns it on): after a
+    /// request, one worker keeps polling for the next for 100 µs instead of sleeping, as Go's
+    /// scheduler does, while a single connection is busy. It halves the latency for one client
+    /// in another process on machines where waking a sleeping CPU is slow (BENCHMARKS.md), at
+    /// the cost of that CPU time. Clients in the same process gain nothing from it.
+    pub fn spin_before_sleep(mut self, spin: bool) -> Self {
+        self.spin = spin;
         self
     }
 
@@ -320,13 +331,14 @@ impl AgentBuilder {
         };
         let https_app = app.clone();
         let https_stopped = stopped.clone();
+        let spin = self.spin;
         let task = tokio::spawn(async move {
             let https = async move {
                 if let Some(https) = https {
-                    crate::http::serve(https, https_app, https_stopped()).await;
+                    crate::http::serve(https, https_app, https_stopped(), spin).await;
                 }
             };
-            tokio::join!(crate::http::serve(http, app, stopped()), https);
+            tokio::join!(crate::http::serve(http, app, stopped(), spin), https);
         });
         match (&http_addr, &self.http_unix) {
             (Some(addr), _) => tracing::info!(%addr, "agent-sim HTTP API listening"),
@@ -408,6 +420,7 @@ impl Agent {
             data_dir: None,
             version: Default::default(),
             primary: None,
+            spin: false,
         }
     }
 

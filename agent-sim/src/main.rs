@@ -269,7 +269,8 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = agent_sim::Agent::builder();
+    // Its clients are other processes: spinning spares them a CPU wake-up per request.
+    let mut builder = agent_sim::Agent::builder().spin_before_sleep(true);
     let http_addr = cli
         .http_addr
         .or(file.http_addr)

@@ -20,6 +20,7 @@ pub(crate) fn process_section(scale: &Scale, authorize: &str, table: &mut Table)
         runtime.block_on(async move {
             let agent = Agent::builder()
                 .cluster_id(CLUSTER_ID)
+                .spin_before_sleep(true) // as the binary does
                 .start()
                 .await
                 .unwrap();

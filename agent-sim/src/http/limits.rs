@@ -135,6 +135,7 @@ mod tests {
             app,
             std::future::pending(),
             limits,
+            false,
         ));
         for sent in [&b""[..], b"GET /v1/agent/self HTTP/1.1\r\nHost: x\r\n"] {
             let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();

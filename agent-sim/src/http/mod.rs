@@ -11,6 +11,7 @@ mod messages;
 mod queries;
 pub(crate) mod server;
 mod shapes;
+mod spin;
 
 pub use federation::INTERMEDIATE_PATH;
 use messages::same_field;

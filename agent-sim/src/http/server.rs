@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use super::limits;
+use super::spin::{self, Spinner};
 
 /// Where the API is served: plain TCP, TLS over TCP, or a unix socket.
 pub(crate) enum Listener {
@@ -84,13 +85,19 @@ impl Listener {
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// their requests. Dropping (aborting) the returned future ends every connection at once.
-pub(crate) async fn serve(listener: Listener, app: Router, shutdown: impl Future<Output = ()>) {
+/// With `spin`, a worker polls for a while before it sleeps (see [`super::spin`]).
+pub(crate) async fn serve(
+    listener: Listener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    spin: bool,
+) {
     let limits = limits::ConnLimits::new(
         limits::MAX_CONNS_PER_CLIENT,
         limits::MAX_CONNS,
         limits::HEADER_READ_TIMEOUT,
     );
-    serve_with(listener, app, shutdown, limits).await;
+    serve_with(listener, app, shutdown, limits, spin).await;
 }
 
 /// [`serve`] with the given connection limits.
@@ -99,6 +106,7 @@ pub(crate) async fn serve_with(
     app: Router,
     shutdown: impl Future<Output = ()>,
     conn_limits: Arc<limits::ConnLimits>,
+    spin: bool,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -109,6 +117,11 @@ pub(crate) async fn serve_with(
     let header_timeout = conn_limits.header_timeout;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let spinner = spin.then(|| Arc::new(Spinner::default()));
+    let _spinning = spinner
+        .clone()
+        .map(|spinner| AbortOnDrop(tokio::spawn(spinner.run())));
+    let mut numbered = 0u64;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -128,7 +141,8 @@ pub(crate) async fn serve_with(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let service = service(&app, peer);
-                connections.spawn(PollAgain::new(async move {
+                numbered += 1;
+                connections.spawn(spin::watch(spinner.as_ref(), numbered, PollAgain::new(async move {
                     let _permit = permit;
                     // A client that connects and stays silent is dropped (hyper's header
                     // timer starts only with the first byte).
@@ -169,7 +183,7 @@ pub(crate) async fn serve_with(
                     if let Some(closing) = closing {
                         closing.linger().await;
                     }
-                }));
+                })));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
@@ -183,6 +197,15 @@ pub(crate) async fn serve_with(
     // The caller bounds this wait (`Agent::shutdown` gives it a second) by dropping the
     // future, and with it `connections`, which aborts the connections still open.
     graceful.shutdown().await;
+}
+
+/// Aborts a task when dropped (the spinner, when the accept loop ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// An accepted connection, after the TLS handshake for HTTPS.
