@@ -144,9 +144,11 @@ mod tests {
             spinner.spinning.load(Relaxed)
         })
         .await;
-        until("with no more progress the spinner stops", || {}, || {
-            !spinner.spinning.load(Relaxed)
-        })
+        until(
+            "with no more progress the spinner stops",
+            || {},
+            || !spinner.spinning.load(Relaxed),
+        )
         .await;
         task.abort();
     }
