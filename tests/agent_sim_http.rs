@@ -627,7 +627,7 @@ async fn ttl_check_state_survives_a_restart_until_it_expires() {
         agent_sim::agent::Agent::builder()
             .consul_version(agent_sim::profile::ConsulVersion::V1_4_5)
             .clock(clock.clone())
-            .data_dir(&dir)
+            .data_dir(&*dir)
             .start()
     };
     let first = start().await.unwrap();

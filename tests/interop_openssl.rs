@@ -477,7 +477,7 @@ impl EchoServer {
 
 /// Certificates for the `s_client` runs: the roots and `web`'s leaf.
 struct ClientPki {
-    _dir: PathBuf,
+    _dir: support::agent::TempDir,
     roots: PathBuf,
     web: LeafFiles,
 }

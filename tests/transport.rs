@@ -190,7 +190,8 @@ async fn a_wrong_ca_fails_with_a_clear_error() {
 #[cfg(unix)]
 #[tokio::test]
 async fn unix_socket() {
-    let socket = temp_dir("agent-unix").join("agent.sock");
+    let dir = temp_dir("agent-unix");
+    let socket = dir.join("agent.sock");
     let agent = Agent::builder()
         .cluster_id(CLUSTER_ID)
         .http_unix_socket(&socket)
@@ -223,7 +224,8 @@ async fn namespace_partition_basic_auth_and_token_file_on_the_wire() {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let token_file = temp_dir("token").join("token");
+    let dir = temp_dir("token");
+    let token_file = dir.join("token");
     std::fs::write(&token_file, "file-token\n").unwrap();
     let client = from_vars(&[
         ("CONSUL_HTTP_ADDR", format!("http://{addr}/prefix")),

@@ -159,15 +159,40 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A fresh temporary directory for one test.
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A fresh temporary directory for one test, removed with everything in it when dropped (so
+/// keep it alive as long as its files are used).
+pub fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!(
         "consul-connect-{name}-{}-{}",
         std::process::id(),
         rand::random::<u32>()
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    TempDir(dir)
+}
+
+/// See [`temp_dir`].
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// PEM files for serving agent-sim's API over HTTPS: a CA, a server certificate for
@@ -183,6 +208,8 @@ pub struct HttpsFiles {
     pub client_cert: std::path::PathBuf,
     /// Its key.
     pub client_key: std::path::PathBuf,
+    /// Where they are, removed with this.
+    _dir: TempDir,
 }
 
 impl HttpsFiles {
@@ -229,6 +256,7 @@ impl HttpsFiles {
             server_key,
             client_cert,
             client_key,
+            _dir: dir,
         }
     }
 }
