@@ -56,6 +56,18 @@ async fn agent_service(agent: &AgentClient, name: &str) -> ConnectService {
     service
 }
 
+/// Answers captured from agent-sim for `service`, and a mock agent replaying them.
+async fn replaying(service: &str) -> (Captured, MockAgent) {
+    let cap = capture(service).await;
+    let mock = MockAgent::start(
+        service,
+        cap.roots_reply(cap.roots_index),
+        cap.leaf_reply(cap.leaf_index),
+    )
+    .await;
+    (cap, mock)
+}
+
 /// Waits until the service publishes material whose leaf serial is `serial`.
 async fn wait_for_serial(service: &ConnectService, serial: &str) {
     let mut updates = service.material_updates();
@@ -319,13 +331,7 @@ async fn a_leaf_query_abandoned_by_a_previous_process_does_not_stall_the_next() 
 /// keep backing off until a blocking read succeeds, and publish nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_answers_between_failed_blocking_reads_do_not_reset_the_backoff() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let before = web.status();
     let generation = *web.material_updates().borrow();
@@ -438,13 +444,7 @@ async fn truncated_json_keeps_material_backs_off_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_errors_do_not_echo_the_private_key() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     // A leaf whose key is there but another field has the wrong type: serde names the field.
     let mut value: serde_json::Value = serde_json::from_str(&cap.leaf_body).unwrap();
@@ -651,13 +651,7 @@ fn bad_leaves(cap: &Captured) -> Vec<(&'static str, LeafCert, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_that_do_not_verify_are_never_served() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let listener = ConnectListener::bind(&web, "127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr();
@@ -711,13 +705,7 @@ async fn leaves_that_do_not_verify_are_never_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_for_another_service_is_never_served() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let good_serial = web.status().leaf_serial.unwrap();
 
@@ -766,13 +754,7 @@ fn zero_roots(cap: &Captured) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roots_list_with_zero_roots_keeps_the_last_good_roots() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let listener = ConnectListener::bind(&web, "127.0.0.1:0").await.unwrap();
     let before = web.status();
@@ -832,13 +814,7 @@ async fn a_roots_list_with_zero_roots_keeps_the_last_good_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_root_ids_are_the_trusted_roots_after_a_rejected_roots_list() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let before = web.status();
     mock.roots
@@ -860,13 +836,7 @@ async fn status_root_ids_are_the_trusted_roots_after_a_rejected_roots_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_roots_are_trusted_even_after_a_rejected_leaf() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let good_serial = web.status().leaf_serial.unwrap();
 
@@ -910,13 +880,7 @@ async fn new_roots_are_trusted_even_after_a_rejected_leaf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roots_the_held_leaf_does_not_chain_to_are_trusted_at_once_and_the_service_waits() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     let held_serial = web.status().leaf_serial.unwrap();
 
@@ -993,13 +957,7 @@ fn new_ca_roots(cap: &Captured, next: &TestCa) -> Reply {
 /// agent signs a new leaf then), not when its back-off ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = backing_off_for_an_hour(&mock).await;
 
     mock.leaf
@@ -1031,13 +989,7 @@ async fn a_root_change_cuts_the_leaf_watch_back_off_short() {
 /// roots watch, whose new roots then make the leaf valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_from_an_unknown_ca_cuts_the_roots_watch_back_off_short() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = backing_off_for_an_hour(&mock).await;
 
     mock.roots.set(Reply::status("down", 500, "rpc error"));
@@ -1062,13 +1014,7 @@ async fn a_leaf_from_an_unknown_ca_cuts_the_roots_watch_back_off_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_error_clears_when_the_agent_answers_again() {
-    let cap = capture("web").await;
-    let mock = MockAgent::start(
-        "web",
-        cap.roots_reply(cap.roots_index),
-        cap.leaf_reply(cap.leaf_index),
-    )
-    .await;
+    let (cap, mock) = replaying("web").await;
     let web = mocked_service(&mock, "web").await;
     mock.roots
         .set(Reply::status("fault", 500, "rpc error: No cluster leader"));
