@@ -218,6 +218,12 @@ pub(crate) struct DangerousAcceptAnyAgentCertificate(
     pub(crate) Arc<rustls::crypto::CryptoProvider>,
 );
 
+impl DangerousAcceptAnyAgentCertificate {
+    fn algorithms(&self) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+        &self.0.signature_verification_algorithms
+    }
+}
+
 impl rustls::client::danger::ServerCertVerifier for DangerousAcceptAnyAgentCertificate {
     fn verify_server_cert(
         &self,
@@ -230,35 +236,5 @@ impl rustls::client::danger::ServerCertVerifier for DangerousAcceptAnyAgentCerti
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    crate::tls::signature_checks_with!(DangerousAcceptAnyAgentCertificate::algorithms);
 }

@@ -125,6 +125,40 @@ pub enum TlsError {
     },
 }
 
+/// The three signature checks that both of rustls's verifier traits require, made with the
+/// algorithms `$algorithms(self)` returns (a `fn(&Self) -> &WebPkiSupportedAlgorithms`).
+macro_rules! signature_checks_with {
+    ($algorithms:expr) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, $algorithms(self))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, $algorithms(self))
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            $algorithms(self).supported_schemes()
+        }
+    };
+}
+pub(crate) use signature_checks_with;
+
+/// The signature algorithms of [`provider`], for [`signature_checks_with`].
+pub(crate) fn provider_algorithms<T>(_: &T) -> &'static rustls::crypto::WebPkiSupportedAlgorithms {
+    &provider().signature_verification_algorithms
+}
+
 /// The crypto provider this crate uses for every handshake and key.
 static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
 
