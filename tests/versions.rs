@@ -167,12 +167,9 @@ async fn ready_listen_dial_by_name_and_a_legacy_deny_in_each_version() {
             };
             client.create_intention(&deny).await.unwrap();
             let reason = refused(&web, &mut changes, &mut rejections).await;
-            // The agent words it as its version does; the in-process authorizer always in
-            // today's wording (the decision is the same).
-            let wording = match (version, in_process) {
-                (ConsulVersion::V1_4_5, false) => {
-                    "Matched intention: DENY default/web => default/db"
-                }
+            // Both authorizers word it as the agent's version does.
+            let wording = match version {
+                ConsulVersion::V1_4_5 => "Matched intention: DENY default/web => default/db",
                 _ => "Matched L4 intention: default/web => default/db",
             };
             assert!(reason.contains(wording), "{what}: {reason}");

@@ -13,7 +13,7 @@
 
 use http::StatusCode;
 
-use crate::intentions::DefaultDecision;
+use crate::intentions::{DefaultDecision, Wording};
 
 /// How the default was found, or why it could not be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,24 @@ pub(crate) fn from_agent_self(status: StatusCode, body: &[u8], header: Option<&s
             "/v1/agent/self answered {status} without a readable DebugConfig default policy \
              and without an X-Consul-Default-Acl-Policy header"
         )),
+    }
+}
+
+/// How the agent words authorization reasons, from the same answer: the `Config.Version` it
+/// reports, else whether it sent `X-Consul-Default-Acl-Policy` (only 1.9+ does, a 403
+/// included), else 1.9+'s wording.
+pub(crate) fn wording_from_agent_self(
+    status: StatusCode,
+    body: &[u8],
+    header: Option<&str>,
+) -> Wording {
+    let reported = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|me| me["Config"]["Version"].as_str().map(Wording::for_version));
+    match reported {
+        Some(wording) => wording,
+        None if header.is_none() && status == StatusCode::FORBIDDEN => Wording::Consul1_4,
+        None => Wording::Consul1_9,
     }
 }
 
@@ -173,5 +191,36 @@ mod tests {
             panic!("a default was invented");
         };
         assert!(why.contains("X-Consul-Default-Acl-Policy"), "{why}");
+    }
+
+    #[test]
+    fn wording_by_version() {
+        for (version, name, want) in [
+            ("1.4.5", "51_agent_self.http", Wording::Consul1_4),
+            ("1.10.9", "51_agent_self.http", Wording::Consul1_9),
+            // A 403 with the policy header comes only from 1.9+.
+            (
+                "1.10.9",
+                "acl02_agent_self_no_token.http",
+                Wording::Consul1_9,
+            ),
+        ] {
+            let (status, header, body) = captured(version, name);
+            assert_eq!(
+                wording_from_agent_self(status, &body, header.as_deref()),
+                want,
+                "{version} {name}"
+            );
+        }
+        // A 403 without it: Consul before 1.9.
+        let denied = b"Permission denied";
+        assert_eq!(
+            wording_from_agent_self(StatusCode::FORBIDDEN, denied, None),
+            Wording::Consul1_4
+        );
+        assert_eq!(
+            wording_from_agent_self(StatusCode::OK, b"{}", None),
+            Wording::Consul1_9
+        );
     }
 }

@@ -462,6 +462,24 @@ impl AgentClient {
         )
     }
 
+    /// How the agent words authorization reasons: from the Consul version `GET /v1/agent/self`
+    /// reports, or, for a token that may not read it, from whether the 403 carries the
+    /// `X-Consul-Default-Acl-Policy` header that only Consul 1.9+ sends.
+    ///
+    /// # Errors
+    ///
+    /// Only when the agent cannot be asked at all (unreachable, timed out).
+    pub async fn reason_wording(&self) -> Result<crate::intentions::Wording, AgentError> {
+        let answer = self
+            .request(Method::GET, "/v1/agent/self", Bytes::new(), REQUEST_TIMEOUT)
+            .await?;
+        Ok(default_policy::wording_from_agent_self(
+            answer.status,
+            &answer.body,
+            answer.default_acl_policy.as_deref(),
+        ))
+    }
+
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.
     pub async fn intentions_for_destination(
         &self,

@@ -4,7 +4,8 @@
 //! [`AgentAuthorizer`] (the default, as in Consul's Go SDK) asks the local agent's
 //! `/v1/agent/connect/authorize` after the handshake. [`IntentionsAuthorizer`] watches the
 //! intentions for the service and decides in-process, inside the handshake, so a denied
-//! client gets a TLS alert and the agent sees no call. Both give the same decisions.
+//! client gets a TLS alert and the agent sees no call. Both give the same decisions, worded as
+//! the agent's Consul version words them.
 //!
 //! Both also say when their decisions may have changed ([`Authorizer::changes`]): the
 //! intentions that match the service as a destination changed. Connections already open are
@@ -252,6 +253,9 @@ pub struct IntentionsAuthorizer {
 struct IntentionsState {
     target: String,
     default: DefaultDecision,
+    /// How the agent words reasons, learnt before the first list is loaded (1.9+'s until then,
+    /// or when the agent cannot say).
+    wording: std::sync::OnceLock<Wording>,
     matches: ArcSwap<Option<Vec<Intention>>>,
     loaded: watch::Sender<bool>,
     /// Bumped each time the matched list changes.
@@ -285,6 +289,7 @@ impl IntentionsAuthorizer {
         let state = Arc::new(IntentionsState {
             target: target.to_owned(),
             default,
+            wording: std::sync::OnceLock::new(),
             matches: ArcSwap::from_pointee(None),
             loaded: watch::channel(false).0,
             generation: watch::channel(0).0,
@@ -293,6 +298,14 @@ impl IntentionsAuthorizer {
         let watcher = state.clone();
         tokio::spawn(async move {
             let target = watcher.target.clone();
+            match agent.reason_wording().await {
+                Ok(wording) => {
+                    let _ = watcher.wording.set(wording);
+                }
+                Err(e) => {
+                    tracing::debug!(%target, error = %e, "the agent's version is unknown; wording reasons as Consul 1.9+");
+                }
+            }
             run_watch(
                 config,
                 stopped,
@@ -350,8 +363,8 @@ impl IntentionsState {
         match matches.as_ref() {
             None => Decision::deny("intentions not loaded yet"),
             Some(list) => {
-                // The SDK cannot know the agent's version; it words reasons as current Consul.
-                let d = decide_matches(list.iter(), peer, self.default, Wording::Consul1_9);
+                let wording = self.wording.get().copied().unwrap_or(Wording::Consul1_9);
+                let d = decide_matches(list.iter(), peer, self.default, wording);
                 // Only what the agent's authorize endpoint answers too, so that both
                 // authorizers give equal decisions.
                 Decision::new(d.allowed, d.reason)

@@ -111,6 +111,27 @@ impl Wording {
             }
         }
     }
+
+    /// The wording of the Consul `version` an agent reports (`Config.Version` of
+    /// `/v1/agent/self`, such as `1.4.5` or `1.16.2+ent`): 1.4 up to 1.8, else 1.9's (also
+    /// for a version that cannot be read).
+    ///
+    /// ```
+    /// use consul_connect_types::intentions::Wording;
+    ///
+    /// assert_eq!(Wording::for_version("1.4.5"), Wording::Consul1_4);
+    /// assert_eq!(Wording::for_version("1.8.19"), Wording::Consul1_4);
+    /// assert_eq!(Wording::for_version("1.10.9"), Wording::Consul1_9);
+    /// assert_eq!(Wording::for_version("1.21.0+ent"), Wording::Consul1_9);
+    /// ```
+    pub fn for_version(version: &str) -> Wording {
+        let mut parts = version.split(['.', '+', '-']);
+        let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        match (number(), number()) {
+            (Some(1), Some(minor)) if minor < 9 => Wording::Consul1_4,
+            _ => Wording::Consul1_9,
+        }
+    }
 }
 
 /// Whether an intention carries L7 `Permissions` (and so never admits an L4 connection).
