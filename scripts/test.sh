@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need when it is missing: openssl and curl (Debian
+# Runs every test. Installs what the tests need when it is missing: openssl, curl and g++ (Debian
 # packages), and the py-consul client in .venv (PyPI), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# libfuzzer-sys (fuzz/) builds libFuzzer from C++ source.
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if ! command -v python3 >/dev/null 2>&1; then
   missing+=(python3 python3-venv)
 elif [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -31,3 +33,6 @@ export PY_CONSUL_PYTHON="$PWD/.venv/bin/python"
 
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc "$@"
+# The cargo-fuzz targets are a workspace of their own (fuzz/README.md runs them); keep them
+# compiling. Their findings are replayed by tests/fuzz_regressions.rs above.
+cargo check --manifest-path fuzz/Cargo.toml --all-targets
