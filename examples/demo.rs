@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use consul_connect::api::{Intention, ServiceConnect, ServiceRegistration};
+use consul_connect::api::Intention;
 use consul_connect::{AgentClient, ConnectListener, ConnectService};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -24,22 +24,12 @@ async fn main() -> Result<(), Error> {
         .agent(client.clone())
         .build()
         .await?;
-    echo.ready_timeout(Duration::from_secs(10)).await?;
+    let echo_id = echo.ready_timeout(Duration::from_secs(10)).await?;
     let mut listener = ConnectListener::bind(&echo, "127.0.0.1:0").await?;
     let addr = listener.local_addr();
-    client
-        .register(&ServiceRegistration {
-            name: "echo".into(),
-            port: addr.port(),
-            address: addr.ip().to_string(),
-            connect: Some(ServiceConnect {
-                native: true,
-                sidecar_service: None,
-            }),
-            ..ServiceRegistration::default()
-        })
-        .await?;
-    println!("echo  serving on {addr} as {}", identity(&echo));
+    // Deregistered when `_registered` is dropped.
+    let _registered = echo.register(addr).await?;
+    println!("echo  serving on {addr} as {echo_id}");
     let mut rejections = listener.rejections();
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
@@ -59,8 +49,8 @@ async fn main() -> Result<(), Error> {
         .agent(client.clone())
         .build()
         .await?;
-    web.ready_timeout(Duration::from_secs(10)).await?;
-    println!("web   ready as {}", identity(&web));
+    let web_id = web.ready_timeout(Duration::from_secs(10)).await?;
+    println!("web   ready as {web_id}");
     let answer = echo_once(&web, "hello over Connect").await?;
     println!("web   sent \"hello over Connect\", echo answered {answer:?}");
 
@@ -92,13 +82,6 @@ async fn main() -> Result<(), Error> {
     agent.shutdown().await;
     println!("demo done");
     Ok(())
-}
-
-fn identity(service: &ConnectService) -> String {
-    service
-        .identity()
-        .map(|id| id.to_string())
-        .unwrap_or_default()
 }
 
 /// Dials echo as `web`, sends one line and reads the answer.

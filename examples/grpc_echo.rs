@@ -23,7 +23,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use consul_connect::api::{ServiceConnect, ServiceRegistration};
 use consul_connect::http::Caller;
 use consul_connect::{grpc, AgentClient, ConnectListener, ConnectService};
 
@@ -47,22 +46,11 @@ async fn main() -> Result<(), Error> {
         .agent(client.clone())
         .build()
         .await?;
-    echo.ready_timeout(Duration::from_secs(10)).await?;
+    let echo_id = echo.ready_timeout(Duration::from_secs(10)).await?;
     let listener = ConnectListener::bind(&echo, "127.0.0.1:0").await?;
     let addr = listener.local_addr();
-    client
-        .register(&ServiceRegistration {
-            name: "echo".into(),
-            port: addr.port(),
-            address: addr.ip().to_string(),
-            connect: Some(ServiceConnect {
-                native: true,
-                sidecar_service: None,
-            }),
-            ..ServiceRegistration::default()
-        })
-        .await?;
-    println!("echo gRPC server on {addr} as {}", identity(&echo));
+    let _registered = echo.register(addr).await?;
+    println!("echo gRPC server on {addr} as {echo_id}");
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(EchoServer)
@@ -78,13 +66,6 @@ async fn main() -> Result<(), Error> {
 
     agent.shutdown().await;
     Ok(())
-}
-
-fn identity(service: &ConnectService) -> String {
-    service
-        .identity()
-        .map(|id| id.to_string())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
-use consul_connect::api::{ServiceConnect, ServiceRegistration};
 use consul_connect::http::{serve_with_graceful_shutdown, Caller};
 use consul_connect::{ConnectListener, ConnectService};
 use http::Version;
@@ -61,25 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.intentions_authorizer_from_agent();
     }
     let service = builder.build().await?;
-    service.ready_timeout(Duration::from_secs(30)).await?;
+    let identity = service.ready_timeout(Duration::from_secs(30)).await?;
     let listener = ConnectListener::bind(&service, args.listen).await?;
     let addr = listener.local_addr();
-    let registration = ServiceRegistration {
-        id: args.service.clone(),
-        name: args.service.clone(),
-        port: addr.port(),
-        address: addr.ip().to_string(),
-        connect: Some(ServiceConnect {
-            native: true,
-            sidecar_service: None,
-        }),
-        ..ServiceRegistration::default()
-    };
-    service.agent().register(&registration).await?;
-    let identity = service
-        .identity()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
+    // Kept registered (again after an agent restart) until deregistered below.
+    let registration = service.register(addr).await?;
     println!("http_server listening on {addr} as {identity}");
 
     let app = Router::new().route("/", get(hello));
@@ -87,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
-    service.agent().deregister(&args.service).await?;
+    registration.deregister().await;
     service.shutdown();
     Ok(())
 }
