@@ -281,6 +281,9 @@ pub(crate) async fn run(scale: Scale) {
 
     if scale.runs("http") {
         phase("agent-sim HTTP");
+        // A fresh connection: agent-sim closes one that sat idle past its header timeout
+        // (30 s) during the sections above, as hyper's server does.
+        admin = Http::connect(addr).await;
         http_section(
             &scale,
             addr,
