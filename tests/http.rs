@@ -4,16 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../examples/grpc_echo/echo.rs"]
+mod echo;
 mod support;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -27,6 +25,7 @@ use consul_connect::http::{
 use consul_connect::listener::Rejection;
 use consul_connect::tls::ExpectedServer;
 use consul_connect::{grpc, ConnectListener, ConnectService};
+use echo::{EchoClient, EchoServer};
 use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -563,94 +562,14 @@ async fn a_deny_closes_an_open_http2_connection_for_both_authorizers() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// gRPC: a hand-written unary echo service (what tonic-build would generate, without protoc)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoRequest {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoResponse {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const UNARY_ECHO: &str = "/echo.Echo/UnaryEcho";
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-#[derive(Clone)]
-struct EchoServer;
-
-impl tonic::server::NamedService for EchoServer {
-    const NAME: &'static str = "echo.Echo";
-}
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for EchoServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != UNARY_ECHO {
-            return Box::pin(async {
-                Ok(tonic::Status::unimplemented("no such method").into_http())
-            });
-        }
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
-                EchoResponse,
-                EchoRequest,
-            >::default());
-            Ok(grpc.unary(UnaryEcho, request).await)
-        })
-    }
-}
-
-struct UnaryEcho;
-
-impl tonic::server::UnaryService<EchoRequest> for UnaryEcho {
-    type Response = EchoResponse;
-    type Future = BoxFuture<Result<tonic::Response<EchoResponse>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
-        let caller = request.extensions().get::<Caller>().cloned();
-        let message = request.into_inner().message;
-        Box::pin(async move {
-            let caller = caller.ok_or_else(|| tonic::Status::unauthenticated("no caller"))?;
-            Ok(tonic::Response::new(EchoResponse {
-                message: format!("{message} from {}", caller.id()),
-            }))
-        })
-    }
-}
-
+/// Calls the `echo.Echo` service by Consul name as `caller`.
 async fn echo_call(
     caller: &ConnectService,
     uri: &str,
     message: &str,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let channel = grpc::channel(caller, uri).await?;
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await?;
-    let response = client
-        .unary(
-            tonic::Request::new(EchoRequest {
-                message: message.to_owned(),
-            }),
-            http::uri::PathAndQuery::from_static(UNARY_ECHO),
-            tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default(),
-        )
-        .await?;
-    Ok(response.into_inner().message)
+    Ok(EchoClient::new(channel).unary_echo(message).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,7 +594,10 @@ async fn grpc_unary_call_over_connect_and_a_denied_caller() {
     let answer = echo_call(&web, "http://db.service.consul", "ping")
         .await
         .unwrap();
-    assert_eq!(answer, format!("ping from {}", web.identity().unwrap()));
+    assert_eq!(
+        answer,
+        format!("ping (echoed for {})", web.identity().unwrap())
+    );
 
     intention(&raw, "api", "db", "deny").await;
     let err = echo_call(&api, "http://db.service.consul", "ping")
