@@ -199,8 +199,10 @@ async fn slow_loris_handshakes_are_cut_off_and_others_are_served() {
         let dribbled = dribbled.clone();
         let addr = s.addr;
         lorises.spawn(async move {
-            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            // Timed from before the connect: the server's clock starts at its accept, which
+            // can come before this task runs again after the connect.
             let opened = Instant::now();
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
             let mut sent = 0;
             let mut buf = [0u8; 64];
             // One byte of the ClientHello every 100 ms, until the server hangs up.
