@@ -128,6 +128,16 @@ async fn handshakes_denials_and_rotations_are_counted() {
         }
     });
     let resolver = StaticResolver::new(addr.to_string(), "db");
+    // Open connections are authorized again when the intentions watch reports, its first list
+    // included: let that list arrive before dialing, so that each count below is exact.
+    let mut changes = db
+        .authorizer()
+        .changes("db")
+        .expect("the agent authorizer follows intentions");
+    changes
+        .wait_for(|generation| *generation > 0)
+        .await
+        .unwrap();
 
     // One good handshake, authorized by the agent.
     let mut stream = web.dialer().dial(&resolver).await.unwrap();
