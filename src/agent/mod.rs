@@ -444,22 +444,7 @@ impl AgentClient {
     pub async fn intention_default(
         &self,
     ) -> Result<crate::intentions::DefaultDecision, AgentError> {
-        let answer = self
-            .request(Method::GET, "/v1/agent/self", Bytes::new(), REQUEST_TIMEOUT)
-            .await?;
-        Ok(
-            match default_policy::from_agent_self(
-                answer.status,
-                &answer.body,
-                answer.default_acl_policy.as_deref(),
-            ) {
-                default_policy::Found::Read(decision) => decision,
-                default_policy::Found::Unknown(why) => {
-                    tracing::warn!(%why, "the agent's default for callers no intention matches cannot be read; denying them");
-                    crate::intentions::DefaultDecision::AclDefaultDeny
-                }
-            },
-        )
+        Ok(self.authorization_settings().await?.0)
     }
 
     /// How the agent words authorization reasons: from the Consul version `GET /v1/agent/self`
@@ -470,14 +455,33 @@ impl AgentClient {
     ///
     /// Only when the agent cannot be asked at all (unreachable, timed out).
     pub async fn reason_wording(&self) -> Result<crate::intentions::Wording, AgentError> {
+        Ok(self.authorization_settings().await?.1)
+    }
+
+    /// [`intention_default`](Self::intention_default) and
+    /// [`reason_wording`](Self::reason_wording) from one read of `/v1/agent/self`.
+    pub(crate) async fn authorization_settings(
+        &self,
+    ) -> Result<
+        (
+            crate::intentions::DefaultDecision,
+            crate::intentions::Wording,
+        ),
+        AgentError,
+    > {
         let answer = self
             .request(Method::GET, "/v1/agent/self", Bytes::new(), REQUEST_TIMEOUT)
             .await?;
-        Ok(default_policy::wording_from_agent_self(
-            answer.status,
-            &answer.body,
-            answer.default_acl_policy.as_deref(),
-        ))
+        let header = answer.default_acl_policy.as_deref();
+        let default = match default_policy::from_agent_self(answer.status, &answer.body, header) {
+            default_policy::Found::Read(decision) => decision,
+            default_policy::Found::Unknown(why) => {
+                tracing::warn!(%why, "the agent's default for callers no intention matches cannot be read; denying them");
+                crate::intentions::DefaultDecision::AclDefaultDeny
+            }
+        };
+        let wording = default_policy::wording_from_agent_self(answer.status, &answer.body, header);
+        Ok((default, wording))
     }
 
     /// `GET /v1/connect/intentions/match?by=destination&name=<service>`.

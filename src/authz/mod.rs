@@ -286,10 +286,23 @@ impl IntentionsAuthorizer {
         default: DefaultDecision,
         config: WatchConfig,
     ) -> Self {
+        Self::start_worded(agent, target, default, None, config)
+    }
+
+    /// [`IntentionsAuthorizer::start_with`], with the agent's reason wording when the caller
+    /// has already read it (otherwise it is asked for before the first list).
+    pub(crate) fn start_worded(
+        agent: AgentClient,
+        target: &str,
+        default: DefaultDecision,
+        wording: Option<Wording>,
+        config: WatchConfig,
+    ) -> Self {
+        let known = wording.is_some();
         let state = Arc::new(IntentionsState {
             target: target.to_owned(),
             default,
-            wording: std::sync::OnceLock::new(),
+            wording: wording.map(std::sync::OnceLock::from).unwrap_or_default(),
             matches: ArcSwap::from_pointee(None),
             loaded: watch::channel(false).0,
             generation: watch::channel(0).0,
@@ -298,12 +311,14 @@ impl IntentionsAuthorizer {
         let watcher = state.clone();
         tokio::spawn(async move {
             let target = watcher.target.clone();
-            match agent.reason_wording().await {
-                Ok(wording) => {
-                    let _ = watcher.wording.set(wording);
-                }
-                Err(e) => {
-                    tracing::debug!(%target, error = %e, "the agent's version is unknown; wording reasons as Consul 1.9+");
+            if !known {
+                match agent.reason_wording().await {
+                    Ok(wording) => {
+                        let _ = watcher.wording.set(wording);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%target, error = %e, "the agent's version is unknown; wording reasons as Consul 1.9+");
+                    }
                 }
             }
             run_watch(

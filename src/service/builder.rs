@@ -245,11 +245,13 @@ impl ConnectServiceBuilder {
                 self.watch.clone(),
             )),
             AuthorizerChoice::IntentionsFromAgent => {
-                let default = agent.intention_default().await?;
-                Arc::new(IntentionsAuthorizer::start_with(
+                // One read of /v1/agent/self gives the default and the wording.
+                let (default, wording) = agent.authorization_settings().await?;
+                Arc::new(IntentionsAuthorizer::start_worded(
                     agent.clone(),
                     &self.name,
                     default,
+                    Some(wording),
                     self.watch.clone(),
                 ))
             }
