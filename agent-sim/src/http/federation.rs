@@ -68,10 +68,11 @@ async fn sign_intermediate(
 
 /// Sends a request for another datacenter (`?dc=`) to that datacenter's agent, and, in a
 /// secondary, intention and config-entry writes to the primary (Consul forwards both).
+/// A request served here carries `query` on to the handler's `Query` extractor, parsed once.
 pub(super) async fn forward(
     app: &AppState,
-    query: &Query,
-    request: Request,
+    query: Query,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let federation = &app.federation;
@@ -84,6 +85,7 @@ pub(super) async fn forward(
         _ => None,
     };
     let Some(addr) = target else {
+        request.extensions_mut().insert(query);
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();

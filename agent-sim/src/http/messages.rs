@@ -15,7 +15,7 @@ pub fn effective_consistency(query: &Query) -> &'static str {
 }
 
 /// The query string, with Consul's presence flags (`?passing`, `?stale`) kept.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Query {
     pairs: Vec<(String, String)>,
 }
@@ -122,7 +122,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Query {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Query::from_uri(&parts.uri))
+        // The front middleware has already parsed it for its own checks.
+        Ok(parts
+            .extensions
+            .remove::<Query>()
+            .unwrap_or_else(|| Query::from_uri(&parts.uri)))
     }
 }
 

@@ -301,7 +301,7 @@ async fn front(
         if let Some(refusal) = namespace_refusal(&app, &request, &query) {
             break 'answer refusal;
         }
-        federation::forward(&app, &query, request, next).await
+        federation::forward(&app, query, request, next).await
     };
     version_headers(&app, response)
 }
