@@ -283,19 +283,19 @@ async fn front(
 ) -> Response {
     let query = Query::from_uri(request.uri());
     let response = 'answer: {
-        let _slot =
-            match is_blocking(&query) {
-                false => None,
-                true => match app.blocking.acquire(peer.ip()) {
-                    Some(slot) => Some(slot),
-                    None => break 'answer plain(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Your IP is issuing too many concurrent connections, please rate limit \
-                         your calls\n"
-                            .into(),
-                    ),
-                },
-            };
+        // Held until the answer is made: a blocking query's slot for its client.
+        let mut _slot = None;
+        if is_blocking(&query) {
+            _slot = app.blocking.acquire(peer.ip());
+            if _slot.is_none() {
+                break 'answer plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Your IP is issuing too many concurrent connections, please rate limit your \
+                     calls\n"
+                        .into(),
+                );
+            }
+        }
         // Before forwarding: the namespace is refused where the request arrives, as Consul's
         // HTTP layer does before any RPC.
         if let Some(refusal) = namespace_refusal(&app, &request, &query) {
