@@ -66,12 +66,12 @@ impl Spinner {
             let mut until = Instant::now() + SPIN_WINDOW;
             loop {
                 tokio::task::yield_now().await;
-                if self.crowded.swap(false, Relaxed) {
+                if take(&self.crowded) {
                     tokio::time::sleep(CROWDED_REST).await;
                     break;
                 }
                 let now = Instant::now();
-                if self.progress.swap(false, Relaxed) {
+                if take(&self.progress) {
                     until = now + SPIN_WINDOW;
                 } else if now >= until {
                     break;
@@ -80,6 +80,12 @@ impl Spinner {
             self.spinning.store(false, Relaxed);
         }
     }
+}
+
+/// Clears `flag` and says whether it was set, writing only when it was (the spin loop looks at
+/// each flag at every turn, and a write would take the line from the core that sets it).
+fn take(flag: &AtomicBool) -> bool {
+    flag.load(Relaxed) && flag.swap(false, Relaxed)
 }
 
 /// `connection` (numbered `conn`, unique per server), reporting its progress to `spinner` if
